@@ -1,0 +1,35 @@
+"""Storage back-ends: the lake (local folder or HDFS) and the profile store (SQLite or HBase).
+
+Use :func:`open_lake` and :func:`open_profile_store`; they pick the back-end from settings.
+"""
+
+from cluster.storage.keys import (
+    COUNTER_FAMILY,
+    FAMILIES,
+    decode_counter,
+    decode_float,
+    decode_str,
+    encode_counter,
+    encode_value,
+    row_key,
+)
+from cluster.storage.lake import Lake, LocalLake, Zone, open_lake
+from cluster.storage.profile_store import ProfileStore, SqliteProfileStore, open_profile_store
+
+__all__ = [
+    "COUNTER_FAMILY",
+    "FAMILIES",
+    "Lake",
+    "LocalLake",
+    "ProfileStore",
+    "SqliteProfileStore",
+    "Zone",
+    "decode_counter",
+    "decode_float",
+    "decode_str",
+    "encode_counter",
+    "encode_value",
+    "open_lake",
+    "open_profile_store",
+    "row_key",
+]

@@ -1,0 +1,205 @@
+"""The online profile store: one row per user, ``family:qualifier`` columns.
+
+One small interface and one class per back-end (SQLite embedded, HBase on the cluster).
+Cells are bytes encoded by :mod:`cluster.storage.keys`; counters (family ``c``) are
+8-byte big-endian integers incremented atomically.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from cluster.errors import ConfigError, Unavailable
+from cluster.settings import Settings
+from cluster.storage.keys import COUNTER_FAMILY, encode_counter, encode_value, split_column
+
+__all__ = ["ProfileStore", "SqliteProfileStore", "open_profile_store", "CellValue"]
+
+CellValue = str | int | float | bool | bytes
+
+
+def _encode(column: str, value: CellValue) -> bytes:
+    family, _ = split_column(column)
+    if family == COUNTER_FAMILY:
+        raise ValueError(f"counter column {column} is changed with increment(), not written")
+    return value if isinstance(value, bytes) else encode_value(value)
+
+
+class ProfileStore(ABC):
+    """Read and write user profiles. Connections are opened lazily, on first use."""
+
+    @abstractmethod
+    def write_batch(self, rows: Iterable[tuple[str, Mapping[str, CellValue]]]) -> int:
+        """Upsert cells for many users in batches; returns the number of users written."""
+
+    @abstractmethod
+    def read(self, user_id: str, columns: Sequence[str] | None = None) -> dict[str, bytes] | None:
+        """The user's cells (all, or only ``columns``); ``None`` if the user has no row."""
+
+    @abstractmethod
+    def increment(self, user_id: str, column: str, amount: int = 1) -> int:
+        """Atomically add ``amount`` to a counter cell; returns the new value."""
+
+    @abstractmethod
+    def delete(self, user_id: str) -> None:
+        """Remove every cell of the user."""
+
+    @abstractmethod
+    def count_users(self) -> int:
+        """Number of users with at least one cell (for reports and tests)."""
+
+    def close(self) -> None:
+        """Release connections (safe to call twice)."""
+
+
+class SqliteProfileStore(ProfileStore):
+    """Profiles in a SQLite file: WAL mode, one connection per thread, batched upserts.
+
+    Several processes may write at once (Spark's Python workers do); SQLite serialises
+    writers and ``busy_timeout`` makes them wait rather than fail.
+    """
+
+    _SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS cells ("
+        " user_id TEXT NOT NULL, col TEXT NOT NULL, value BLOB NOT NULL, updated_ms INTEGER NOT NULL,"
+        " PRIMARY KEY (user_id, col)) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS counters ("
+        " user_id TEXT NOT NULL, col TEXT NOT NULL, value INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
+        " PRIMARY KEY (user_id, col)) WITHOUT ROWID",
+    )
+
+    def __init__(self, path: Path, batch_size: int = 1000, busy_timeout_ms: int = 30_000) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._schema_ready = False
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                if not self._schema_ready:
+                    for stmt in self._SCHEMA:
+                        conn.execute(stmt)
+                    self._schema_ready = True
+            except (sqlite3.Error, OSError) as exc:
+                raise Unavailable(f"cannot open the SQLite profile store at {self.path}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    def write_batch(self, rows: Iterable[tuple[str, Mapping[str, CellValue]]]) -> int:
+        conn = self._conn()
+        users = 0
+        batch: list[tuple[str, str, bytes, int]] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO cells (user_id, col, value, updated_ms) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (user_id, col) DO UPDATE SET value = excluded.value,"
+                    " updated_ms = excluded.updated_ms",
+                    batch,
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            batch.clear()
+
+        now = int(time.time() * 1000)
+        pending_users = 0
+        for user_id, cells in rows:
+            batch.extend((user_id, col, _encode(col, v), now) for col, v in cells.items())
+            users += 1
+            pending_users += 1
+            if pending_users >= self.batch_size:
+                flush()
+                pending_users = 0
+        flush()
+        return users
+
+    def read(self, user_id: str, columns: Sequence[str] | None = None) -> dict[str, bytes] | None:
+        conn = self._conn()
+        out: dict[str, bytes] = {}
+        if columns is None:
+            out.update(conn.execute("SELECT col, value FROM cells WHERE user_id = ?", (user_id,)).fetchall())
+            counters = conn.execute("SELECT col, value FROM counters WHERE user_id = ?", (user_id,)).fetchall()
+        else:
+            plain = [c for c in columns if split_column(c)[0] != COUNTER_FAMILY]
+            wanted = [c for c in columns if split_column(c)[0] == COUNTER_FAMILY]
+            if plain:
+                marks = ",".join("?" * len(plain))
+                out.update(
+                    conn.execute(
+                        f"SELECT col, value FROM cells WHERE user_id = ? AND col IN ({marks})", (user_id, *plain)
+                    ).fetchall()
+                )
+            counters = []
+            if wanted:
+                marks = ",".join("?" * len(wanted))
+                counters = conn.execute(
+                    f"SELECT col, value FROM counters WHERE user_id = ? AND col IN ({marks})", (user_id, *wanted)
+                ).fetchall()
+        out.update((col, encode_counter(value)) for col, value in counters)
+        return out or None
+
+    def increment(self, user_id: str, column: str, amount: int = 1) -> int:
+        family, _ = split_column(column)
+        if family != COUNTER_FAMILY:
+            raise ValueError(f"only counter columns ({COUNTER_FAMILY}:...) can be incremented, not {column}")
+        row = self._conn().execute(
+            "INSERT INTO counters (user_id, col, value, updated_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, col) DO UPDATE SET value = value + excluded.value,"
+            " updated_ms = excluded.updated_ms RETURNING value",
+            (user_id, column, amount, int(time.time() * 1000)),
+        ).fetchone()
+        return int(row[0])
+
+    def delete(self, user_id: str) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM cells WHERE user_id = ?", (user_id,))
+        conn.execute("DELETE FROM counters WHERE user_id = ?", (user_id,))
+        conn.execute("COMMIT")
+
+    def count_users(self) -> int:
+        return int(
+            self._conn()
+            .execute("SELECT COUNT(*) FROM (SELECT user_id FROM cells UNION SELECT user_id FROM counters)")
+            .fetchone()[0]
+        )
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def open_profile_store(settings: Settings) -> ProfileStore:
+    """The profile store back-end the settings name.
+
+    Raises:
+        ConfigError: the back-end is not available in this build.
+    """
+    ps = settings.profile_store
+    if ps.backend == "sqlite":
+        return SqliteProfileStore(ps.sqlite_path, batch_size=ps.batch_size)
+    raise ConfigError(
+        "profile_store.backend 'hbase' is not implemented yet in this build (see docs/roadmap.md)",
+        field="profile_store.backend",
+    )
