@@ -95,7 +95,9 @@ class LocalLake(Lake):
         return self.root / _rel(*parts)
 
     def uri(self, *parts: str | Zone) -> str:
-        return self._path(*parts).as_uri()
+        # Not Path.as_uri(): Hadoop does not percent-decode, and partition folders
+        # such as ``run=...`` would be written as ``run%3D...``.
+        return f"file://{self._path(*parts)}"
 
     def exists(self, *parts: str | Zone) -> bool:
         return self._path(*parts).exists()

@@ -1,0 +1,52 @@
+# Precision-marketing platform: the two commands are `make demo` and `make test`.
+# Everything installs into .venv from PyPI with the pinned versions in constraints.txt.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when the dependency pins or the package metadata change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
+PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help install proto demo test test-unit bench clean distclean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(PROTO_STAMP): $(STAMP) $(wildcard protos/marketing/v1/*.proto) protos/codegen.py
+	$(BIN)/python -m protos.codegen
+	@rm -f protos/.generated-*
+	@touch $@
+
+install: $(STAMP) $(PROTO_STAMP) ## Create .venv, install pinned dependencies, generate gRPC stubs.
+
+proto: $(STAMP) ## Regenerate the gRPC stubs from protos/.
+	$(BIN)/python -m protos.codegen
+
+demo: install ## Run the whole chain on generated data (embedded profile) and print a summary.
+	$(BIN)/pmkt demo
+
+test: install ## Unit tests plus the end-to-end slice on small data.
+	$(BIN)/python -m pytest tests/unit tests/e2e $(PYTEST_ARGS)
+
+test-unit: install ## Unit tests only (nothing running needed).
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install ## Benchmarks: GetSegment latency through Ray Serve vs a plain grpcio server.
+	$(BIN)/python tests/benchmarks/bench_segment_grpc.py
+
+clean: ## Remove generated data (var/) and caches; keeps .venv.
+	rm -rf var .pytest_cache protos/.generated-*
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+distclean: clean ## Also remove .venv.
+	rm -rf $(VENV)

@@ -1,0 +1,192 @@
+"""``pmkt demo``: the whole chain once, on generated data or a given folder, with a summary.
+
+An entry point, so it may import across spark_jobs and ray_apps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from cluster._memwatch import MemoryWatch
+from cluster._progress import console, progress_bar
+from cluster._render import print_segments
+from cluster.errors import FailedPrecondition
+from cluster.settings import Settings
+
+__all__ = ["run_demo", "call_api"]
+
+log = logging.getLogger(__name__)
+
+
+def _generate(settings: Settings, users: int, days: int, seed: int) -> Path:
+    from cluster.datagen import generate
+
+    out = settings.lake.root.parent / "demo-input"
+    manifest = out / "_truth" / "manifest.json"
+    if manifest.exists():
+        params = json.loads(manifest.read_text(encoding="utf-8")).get("params", {})
+        if (params.get("users"), params.get("days"), params.get("seed")) == (users, days, seed):
+            console.print(f"[dim]reusing generated data in {out} (same users/days/seed)[/dim]")
+            return out
+    with progress_bar("generate") as progress:
+        generate(out, users=users, days=days, seed=seed, progress=progress)
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def call_api(settings: Settings, user_ids: list[str], rounds: int = 50) -> dict:
+    """Call GetSegment over gRPC and HTTP for known users and the error cases.
+
+    Returns:
+        ``answers`` (user -> segment over each transport), ``errors`` (case -> outcome),
+        ``latency_ms`` per transport (p50/p99 over ``rounds`` x users calls).
+    """
+    from cluster.errors import InvalidArgument, NotFound
+    from ray_apps.client import MarketingClient
+
+    result: dict = {"answers": [], "errors": {}, "latency_ms": {}}
+    with MarketingClient.from_settings(settings, timeout_s=10.0) as client:
+        for uid in user_ids:
+            g = client.get_segment(uid)
+            h = client.get_segment_http(uid)
+            if (g.segment_id, g.model_version) != (h.segment_id, h.model_version):
+                raise FailedPrecondition(f"gRPC and HTTP disagree for {uid}: {g} vs {h}")
+            result["answers"].append(g)
+        cases = {"unknown user": "no-such-user", "empty id": "", "over-long id": "x" * 65}
+        for case, uid in cases.items():
+            for transport, call in (("gRPC", client.get_segment), ("HTTP", client.get_segment_http)):
+                try:
+                    call(uid)
+                    outcome = "answered (unexpected)"
+                except (NotFound, InvalidArgument) as err:
+                    outcome = type(err).__name__
+                result["errors"][f"{case} ({transport})"] = outcome
+        for transport, call in (("gRPC", client.get_segment), ("HTTP", client.get_segment_http)):
+            times = []
+            for _ in range(rounds):
+                for uid in user_ids:
+                    t0 = time.perf_counter()
+                    call(uid)
+                    times.append((time.perf_counter() - t0) * 1000)
+            result["latency_ms"][transport] = {
+                "calls": len(times),
+                "p50": statistics.median(times),
+                "p99": _percentile(times, 0.99),
+            }
+    expected = {"unknown user": "NotFound", "empty id": "InvalidArgument", "over-long id": "InvalidArgument"}
+    wrong = {k: v for k, v in result["errors"].items() if v != expected[k.rsplit(" (", 1)[0]]}
+    if wrong:
+        raise FailedPrecondition(f"error cases answered wrongly: {wrong}")
+    return result
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    input_dir: Path | None,
+    users: int,
+    days: int,
+    seed: int,
+    smoke_test: bool,
+    keep_serving: bool,
+) -> None:
+    """Run generate -> ingest -> RFM -> train -> serve -> calls, print the summary."""
+    from ray_apps.runtime import shutdown_ray
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t0
+        return out
+
+    with MemoryWatch() as mem:
+        try:
+            summary = _run_chain(settings, input_dir, users, days, seed, smoke_test, timed)
+            timings["total"] = time.perf_counter() - started
+            _print_summary(summary, timings, mem.peak_mib)
+            if keep_serving:
+                sv = settings.serve
+                console.print(f"[bold]still serving[/bold]: gRPC {sv.grpc_client_host}:{sv.grpc_port}, "
+                              f"HTTP http://{sv.http_host}:{sv.http_port}; Ctrl-C stops")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            shutdown_ray()
+            from spark_jobs.session import stop_spark
+
+            stop_spark()
+
+
+def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dict:
+    from ray_apps.segments.tune import train_segments
+    from ray_apps.serve.launcher import start_serving
+    from spark_jobs import ingest, rfm
+    from spark_jobs.session import stop_spark
+
+    if input_dir is None:
+        input_dir = timed("generate", _generate, settings, users, days, seed)
+    with progress_bar("ingest") as progress:
+        report = timed("ingest", ingest.main, settings, input_dir, progress=progress)
+    with progress_bar("rfm") as progress:
+        rfm_meta = timed("rfm", rfm.main, settings, progress=progress)
+    sample_users = _sample_users(settings, rfm_meta)
+    stop_spark()  # frees the driver JVM before Ray starts
+    with progress_bar("train segments") as progress:
+        model = timed("train", train_segments, settings, smoke_test=smoke_test, progress=progress)
+    with progress_bar("serve") as progress:
+        progress("starting Ray Serve (gRPC + HTTP)", 0.1)
+        timed("serve start", start_serving, settings)
+        progress("application healthy", 1.0)
+    calls = timed("api calls", call_api, settings, sample_users)
+    return {"report": report, "rfm": rfm_meta, "model": model, "calls": calls}
+
+
+def _sample_users(settings: Settings, rfm_meta: dict, n: int = 5) -> list[str]:
+    from cluster.storage import open_lake
+
+    frame = open_lake(settings).read_parquet(rfm_meta["path"], columns=["user_id"])
+    if frame.empty:
+        raise FailedPrecondition("no user has a paid order, so there is nothing to segment")
+    return frame["user_id"].sample(n=min(n, len(frame)), random_state=0).tolist()
+
+
+def _print_summary(summary: dict, timings: dict[str, float], peak_mib: float) -> None:
+    from spark_jobs.ingest import format_report
+
+
+    console.rule("[bold]demo summary")
+    console.print(format_report(summary["report"]), highlight=False)
+    print_segments(summary["model"])
+    calls = summary["calls"]
+    answers = Table("user", "segment", "名称", "R d", "F", "M CNY", "model", title="GetSegment answers (gRPC = HTTP)")
+    for a in calls["answers"]:
+        answers.add_row(a.user_id, a.segment_name, a.segment_name_zh, str(a.rfm.recency_days), str(a.rfm.frequency),
+                        f"{a.rfm.monetary:,.2f}", a.model_version)
+    console.print(answers)
+    errors = Table("case", "answer", title="error cases")
+    for case, outcome in calls["errors"].items():
+        errors.add_row(case, outcome)
+    console.print(errors)
+    lat = Table("transport", "calls", "p50 ms", "p99 ms", title="call latency (sequential, one client)")
+    for transport, row in calls["latency_ms"].items():
+        lat.add_row(transport, str(row["calls"]), f"{row['p50']:.2f}", f"{row['p99']:.2f}")
+    console.print(lat)
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
+    console.print(f"wall time {timings['total']:.1f}s ({steps}); peak memory of the demo's process tree "
+                  f"{peak_mib:,.0f} MiB")

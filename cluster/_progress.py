@@ -1,0 +1,46 @@
+"""Progress display for long CLI steps: a ``(step, fraction)`` callback on a rich bar."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+__all__ = ["progress_bar", "console", "err_console"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(title: str) -> Iterator[Callable[[str, float], None]]:
+    """Yield a callback that moves one progress bar; plain lines when not on a terminal."""
+    if not sys.stderr.isatty():
+        last: list[str] = [""]
+
+        def plain(step: str, fraction: float) -> None:
+            if step != last[0]:
+                err_console.print(f"[dim]{title}: {step} ({fraction:.0%})[/dim]", highlight=False)
+                last[0] = step
+
+        yield plain
+        return
+    with Progress(
+        TextColumn("[bold]{task.fields[title]}[/bold]"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("", total=1.0, title=title)
+
+        def update(step: str, fraction: float) -> None:
+            bar.update(task, completed=max(0.0, min(1.0, fraction)), description=step)
+
+        yield update
+        bar.update(task, completed=1.0)

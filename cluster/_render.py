@@ -1,0 +1,25 @@
+"""Console rendering shared by CLI commands."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from cluster._progress import console
+
+__all__ = ["print_segments"]
+
+
+def print_segments(mv) -> None:
+    """Print a segmentation model version: chosen k, elbow curve, segments."""
+    m = mv.metrics
+    console.print(f"model {mv.ref}: k={m['chosen_k']} silhouette={m['silhouette']:.3f} on {m['users']:,} users")
+    elbow = Table("k", "inertia", "silhouette", title="elbow curve")
+    for row in m["elbow"]:
+        mark = " *" if row["k"] == m["chosen_k"] else ""
+        elbow.add_row(f"{row['k']}{mark}", f"{row['inertia']:,.0f}", f"{row['silhouette']:.3f}")
+    console.print(elbow)
+    seg = Table("id", "segment", "名称", "users", "recency d", "orders", "monetary CNY", title="segments (centroids)")
+    for s in m["segments"]:
+        seg.add_row(str(s["segment_id"]), s["name"], s["name_zh"], f"{s['size']:,}", f"{s['recency_days']:.1f}",
+                    f"{s['frequency']:.2f}", f"{s['monetary']:,.2f}")
+    console.print(seg)

@@ -1,0 +1,252 @@
+"""``pmkt``: the platform's command line.
+
+Every command reads the same settings (``--profile`` / ``--settings``, or the
+``PMKT_PROFILE`` / ``PMKT_SETTINGS`` environment variables). Platform errors print one
+line and exit with status 2; ``-v`` shows debug logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+
+from cluster._progress import console, err_console, progress_bar
+from cluster._render import print_segments
+from cluster.errors import PlatformError
+from cluster.settings import Settings, load_settings
+
+__all__ = ["main", "cli"]
+
+log = logging.getLogger(__name__)
+
+
+class _Ctx:
+    def __init__(self, profile: str | None, settings_file: str | None) -> None:
+        self.profile = profile
+        self.settings_file = settings_file
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(profile=self.profile, path=self.settings_file)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--profile", envvar="PMKT_PROFILE", help="Bundled settings profile: embedded (default) or cluster.")
+@click.option(
+    "--settings", "settings_file", envvar="PMKT_SETTINGS", type=click.Path(dir_okay=False),
+    help="Settings YAML file; wins over --profile.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, profile: str | None, settings_file: str | None, verbose: int) -> None:
+    """Precision-marketing data platform: ingest, features, models and the marketing API.
+
+    \b
+    The chain, step by step:
+      pmkt data generate var/input      synthetic data in the contract
+      pmkt ingest var/input             contract checks -> lake raw + quarantine
+      pmkt features rfm                 RFM per user -> lake features + profile store
+      pmkt train segments               Ray Tune over k -> model registry
+      pmkt serve                        gRPC + HTTP API on Ray Serve
+    or all of it at once: pmkt demo.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = _Ctx(profile, settings_file)
+
+
+# -- settings -----------------------------------------------------------------------------
+@cli.group("settings")
+def settings_group() -> None:
+    """Inspect the effective settings."""
+
+
+@settings_group.command("show")
+@pass_ctx
+def settings_show(c: _Ctx) -> None:
+    """Print the effective settings (after environment overrides) as JSON."""
+    console.print_json(c.settings.model_dump_json())
+
+
+# -- data ---------------------------------------------------------------------------------
+@cli.group("data")
+def data_group() -> None:
+    """Synthetic data in the data contract (docs/data-contract.md)."""
+
+
+@data_group.command("generate")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(min=10), help="Number of users.")
+@click.option("--days", default=180, show_default=True, type=click.IntRange(min=7), help="Days of history.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Random seed (same seed, same files).")
+@click.option(
+    "--end-date", type=click.DateTime(["%Y-%m-%d"]), default="2026-06-30", show_default=True,
+    help="Last day of the history.",
+)
+@click.option("--defects/--no-defects", default=True, show_default=True, help="Plant defective rows.")
+def data_generate(out: Path, users: int, days: int, seed: int, end_date, defects: bool) -> None:
+    """Write users.csv, orders.csv, events.jsonl and impressions.csv to OUT.
+
+    The planted structure (archetypes, category preferences, click model, churn times) and
+    the exact reconciliation ingest must report go to OUT/_truth/ (docs/synthetic-data.md).
+    """
+    from cluster.datagen import generate
+
+    with progress_bar("generate") as progress:
+        summary = generate(out, users=users, days=days, seed=seed, end_date=end_date.date(), defects=defects,
+                           progress=progress)
+    for name, rows in summary.rows.items():
+        console.print(f"{name:<12} {rows:>10,} rows")
+    console.print(f"written to {out}")
+
+
+# -- ingest -------------------------------------------------------------------------------
+@cli.command("ingest")
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the reconciliation report (JSON) here.")
+@click.option("--run-id", help="Run id (default: a new UTC timestamp id).")
+@pass_ctx
+def ingest_cmd(c: _Ctx, input_dir: Path, report_path: Path | None, run_id: str | None) -> None:
+    """Apply the data contract to INPUT_DIR: accepted rows to the lake's raw zone,
+    rejected rows to quarantine with a reason, and a reconciliation report.
+
+    Re-ingesting the same folder is idempotent: the days it contains are replaced.
+    """
+    from spark_jobs import ingest
+
+    with progress_bar("ingest") as progress:
+        report = ingest.main(c.settings, input_dir, report_path=report_path, run_id=run_id, progress=progress)
+    console.print(ingest.format_report(report), highlight=False)
+
+
+# -- features -----------------------------------------------------------------------------
+@cli.group("features")
+def features_group() -> None:
+    """Feature builds (Spark) into the lake's feature zone and the profile store."""
+
+
+@features_group.command("rfm")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="As-of day (default: day after the last order).")
+@pass_ctx
+def features_rfm(c: _Ctx, as_of) -> None:
+    """Recency, frequency and monetary value per user."""
+    from spark_jobs import rfm
+
+    with progress_bar("rfm") as progress:
+        meta = rfm.main(c.settings, as_of=as_of.date() if as_of else None, progress=progress)
+    console.print(f"RFM run {meta['run_id']}: {meta['users']:,} users as of {meta['as_of']} -> {meta['path']}")
+
+
+# -- train --------------------------------------------------------------------------------
+@cli.group("train")
+def train_group() -> None:
+    """Train models with Ray Tune and register them."""
+
+
+@train_group.command("segments")
+@click.option("--smoke-test", is_flag=True, help="Search only three values of k (for tests).")
+@pass_ctx
+def train_segments_cmd(c: _Ctx, smoke_test: bool) -> None:
+    """K-means on log-RFM for k in segments.k_min..k_max, k chosen by silhouette."""
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.segments.tune import train_segments
+
+    try:
+        with progress_bar("train segments") as progress:
+            mv = train_segments(c.settings, smoke_test=smoke_test, progress=progress)
+    finally:
+        shutdown_ray()
+    print_segments(mv)
+
+
+# -- serve --------------------------------------------------------------------------------
+@cli.command("serve")
+@pass_ctx
+def serve_cmd(c: _Ctx) -> None:
+    """Serve the API (gRPC and HTTP) on Ray Serve until interrupted (Ctrl-C)."""
+    import time
+
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.serve.launcher import start_serving
+
+    sv = c.settings.serve
+    try:
+        start_serving(c.settings)
+        console.print(f"serving: gRPC {sv.grpc_client_host}:{sv.grpc_port}, HTTP http://{sv.http_host}:{sv.http_port}"
+                      " (OpenAPI at /docs); Ctrl-C stops")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown_ray()
+
+
+@cli.command("segment")
+@click.argument("user_id")
+@click.option("--http", "use_http", is_flag=True, help="Call the HTTP endpoint instead of gRPC.")
+@pass_ctx
+def segment_cmd(c: _Ctx, user_id: str, use_http: bool) -> None:
+    """Ask the running API for USER_ID's segment (prints JSON)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from ray_apps.client import MarketingClient
+
+    with MarketingClient.from_settings(c.settings) as client:
+        resp = client.get_segment_http(user_id) if use_http else client.get_segment(user_id)
+    console.print_json(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), ensure_ascii=False))
+
+
+# -- demo ---------------------------------------------------------------------------------
+@cli.command("demo")
+@click.option("--input", "input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Run on this folder (in the data contract) instead of generated data.")
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(min=50), help="Generated users.")
+@click.option("--days", default=180, show_default=True, type=click.IntRange(min=14), help="Generated days.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Generator seed.")
+@click.option("--smoke-test", is_flag=True, help="Small Tune search (three values of k).")
+@click.option("--keep-serving", is_flag=True, help="Leave the API up after the summary (Ctrl-C stops).")
+@pass_ctx
+def demo_cmd(c: _Ctx, input_dir: Path | None, users: int, days: int, seed: int, smoke_test: bool,
+             keep_serving: bool) -> None:
+    """Run the whole chain once: generate, ingest, RFM, train segments, serve, call the API
+    over gRPC and HTTP, print a summary, shut down. Exits non-zero on any failure."""
+    from cluster._demo import run_demo
+
+    run_demo(c.settings, input_dir=input_dir, users=users, days=days, seed=seed, smoke_test=smoke_test,
+             keep_serving=keep_serving)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the CLI, turning platform errors into one-line messages."""
+    try:
+        cli.main(args=argv, prog_name="pmkt", standalone_mode=False)
+    except PlatformError as err:
+        from rich.markup import escape
+
+        where = f" ({err.field})" if err.field else ""
+        err_console.print(f"[bold red]error{escape(where)}:[/bold red] {escape(err.message)}", highlight=False)
+        return 2
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

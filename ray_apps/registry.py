@@ -1,0 +1,157 @@
+"""A model registry in the lake: ``registry/<model>/vNNNN/`` plus a ``current.json`` pointer.
+
+Each version holds ``model.pkl`` (joblib), ``metrics.json``, ``params.json`` and
+``meta.json`` (created_at, feature run id, code version). A version is written completely
+before the pointer moves, so a reader never sees a half-written model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from cluster.errors import InvalidArgument, NotFound
+from cluster.storage import Lake, Zone
+
+__all__ = ["ModelRegistry", "ModelVersion", "code_version"]
+
+log = logging.getLogger(__name__)
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def code_version() -> str:
+    """The git commit of the running code (``-dirty`` if modified), else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=root, capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("precision-marketing")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version's metadata (the model itself is loaded on demand)."""
+
+    name: str
+    version: str
+    created_at: str
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    feature_run_id: str | None
+    code_version: str
+
+    @property
+    def ref(self) -> str:
+        """``<name>/<version>``, the string responses carry."""
+        return f"{self.name}/{self.version}"
+
+
+class ModelRegistry:
+    """Register, list and load model versions stored in the lake."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not _NAME_RE.match(name):
+            raise InvalidArgument(f"model name {name!r} must match {_NAME_RE.pattern}", field="model")
+
+    def versions(self, name: str) -> list[str]:
+        """Registered versions of a model, oldest first."""
+        self._check_name(name)
+        found = [n for n in self.lake.list_dir(Zone.REGISTRY, name) if _VERSION_RE.match(n)]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def register(
+        self,
+        name: str,
+        model: Any,
+        *,
+        metrics: dict[str, Any],
+        params: dict[str, Any],
+        feature_run_id: str | None,
+        make_current: bool = True,
+    ) -> ModelVersion:
+        """Store a new version and (by default) make it the current one.
+
+        Returns:
+            The new version's metadata.
+        """
+        self._check_name(name)
+        existing = self.versions(name)
+        number = int(existing[-1][1:]) + 1 if existing else 1
+        version = f"v{number:04d}"
+        buf = io.BytesIO()
+        joblib.dump(model, buf, compress=3)
+        meta = {
+            "name": name,
+            "version": version,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "feature_run_id": feature_run_id,
+            "code_version": code_version(),
+        }
+        self.lake.write_bytes(buf.getvalue(), Zone.REGISTRY, name, version, "model.pkl")
+        self.lake.write_json(metrics, Zone.REGISTRY, name, version, "metrics.json")
+        self.lake.write_json(params, Zone.REGISTRY, name, version, "params.json")
+        # meta.json last: a version folder without it is incomplete and ignored by readers.
+        self.lake.write_json(meta, Zone.REGISTRY, name, version, "meta.json")
+        if make_current:
+            self.lake.write_json({"version": version}, Zone.REGISTRY, name, "current.json")
+        log.info("registered %s/%s", name, version)
+        return self.get(name, version)
+
+    def current_version(self, name: str) -> str:
+        """The version serving should use.
+
+        Raises:
+            NotFound: the model has never been trained.
+        """
+        self._check_name(name)
+        try:
+            return self.lake.read_json(Zone.REGISTRY, name, "current.json")["version"]
+        except NotFound:
+            raise NotFound(f"no {name} model has been trained yet: run `pmkt train {name}`") from None
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """Metadata of a version (default: the current one)."""
+        version = version or self.current_version(name)
+        if not _VERSION_RE.match(version):
+            raise InvalidArgument(f"version {version!r} must look like v0001", field="version")
+        try:
+            meta = self.lake.read_json(Zone.REGISTRY, name, version, "meta.json")
+        except NotFound:
+            raise NotFound(f"model {name} has no version {version}") from None
+        return ModelVersion(
+            name=name,
+            version=version,
+            created_at=meta["created_at"],
+            metrics=self.lake.read_json(Zone.REGISTRY, name, version, "metrics.json"),
+            params=self.lake.read_json(Zone.REGISTRY, name, version, "params.json"),
+            feature_run_id=meta.get("feature_run_id"),
+            code_version=meta.get("code_version", "unknown"),
+        )
+
+    def load(self, name: str, version: str | None = None) -> tuple[Any, ModelVersion]:
+        """The model object and its metadata (default: the current version)."""
+        mv = self.get(name, version)
+        model = joblib.load(io.BytesIO(self.lake.read_bytes(Zone.REGISTRY, name, mv.version, "model.pkl")))
+        return model, mv

@@ -1,0 +1,62 @@
+"""Connecting to Ray from settings: a private local Ray, or a running cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from cluster.settings import Settings
+
+__all__ = ["ensure_ray", "shutdown_ray"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
+    """Initialise Ray once per process according to ``settings.ray``.
+
+    ``address: local`` starts a private Ray (never a stale cluster from a leftover
+    address file) on ``node_ip``, sized by ``num_cpus`` / ``memory_mb`` /
+    ``object_store_mb`` so it does not claim the whole machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    rs = settings.ray
+    # Serve's proxy and replicas must import the generated stubs and this package;
+    # they run in the venv's interpreter, where the project is installed.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    common = dict(
+        log_to_driver=log_to_driver,
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+    if rs.address == "local":
+        ray.init(
+            address="local",
+            num_cpus=rs.num_cpus,
+            include_dashboard=rs.include_dashboard,
+            _node_ip_address=rs.node_ip,
+            _memory=rs.memory_mb * 1024 * 1024 if rs.memory_mb else None,
+            object_store_memory=rs.object_store_mb * 1024 * 1024 if rs.object_store_mb else None,
+            **common,
+        )
+    else:
+        ray.init(address=rs.address, **common)
+    log.info("Ray ready: %s", ray.cluster_resources())
+
+
+def shutdown_ray() -> None:
+    """Stop Serve (if running) and disconnect from / stop the local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - shutting down; Serve may never have started
+        log.debug("serve.shutdown failed", exc_info=True)
+    ray.shutdown()

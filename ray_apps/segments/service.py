@@ -1,0 +1,65 @@
+"""GetSegment's business logic, independent of the transport."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cluster.errors import InvalidArgument, NotFound
+from cluster.storage import ProfileStore, decode_float, decode_str
+from protos.marketing.v1 import segment_pb2
+from ray_apps.registry import ModelVersion
+from ray_apps.segments.model import RFMSegmenter
+
+__all__ = ["SegmentLookup", "validate_user_id", "RFM_CELLS"]
+
+RFM_CELLS = ("f:rfm_recency_days", "f:rfm_frequency", "f:rfm_monetary", "f:rfm_as_of")
+
+
+def validate_user_id(user_id: str, max_length: int, field: str = "user_id") -> str:
+    """Check a user id from a request.
+
+    Raises:
+        InvalidArgument: empty, longer than ``max_length``, or containing control characters.
+    """
+    if not user_id or not user_id.strip():
+        raise InvalidArgument(f"{field} must not be empty", field=field)
+    if len(user_id) > max_length:
+        raise InvalidArgument(f"{field} must be at most {max_length} characters, got {len(user_id)}", field=field)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in user_id):
+        raise InvalidArgument(f"{field} must not contain control characters", field=field)
+    return user_id
+
+
+class SegmentLookup:
+    """Answers GetSegment from the profile store and one registered segmentation model."""
+
+    def __init__(self, store: ProfileStore, model: RFMSegmenter, version: ModelVersion, max_user_id_length: int) -> None:
+        self.store = store
+        self.model = model
+        self.version = version
+        self.max_user_id_length = max_user_id_length
+
+    def get(self, user_id: str) -> segment_pb2.GetSegmentResponse:
+        """The user's segment.
+
+        Raises:
+            InvalidArgument: malformed user id.
+            NotFound: the user has no RFM features (unknown, or never purchased).
+        """
+        validate_user_id(user_id, self.max_user_id_length)
+        cells = self.store.read(user_id, RFM_CELLS)
+        if not cells or any(c not in cells for c in RFM_CELLS[:3]):
+            raise NotFound(f"user {user_id!r} has no purchase history on the platform, so no segment")
+        recency = decode_float(cells["f:rfm_recency_days"])
+        frequency = decode_float(cells["f:rfm_frequency"])
+        monetary = decode_float(cells["f:rfm_monetary"])
+        label = int(self.model.predict(np.array([[recency, frequency, monetary]]))[0])
+        return segment_pb2.GetSegmentResponse(
+            user_id=user_id,
+            segment_id=label,
+            segment_name=self.model.names_[label],
+            segment_name_zh=self.model.names_zh_[label],
+            rfm=segment_pb2.Rfm(recency_days=int(recency), frequency=int(frequency), monetary=round(monetary, 2)),
+            as_of=decode_str(cells["f:rfm_as_of"]) if "f:rfm_as_of" in cells else "",
+            model_version=self.version.ref,
+        )

@@ -1,0 +1,1 @@
+"""Ray Serve applications of the platform (one module per service) and their launcher."""

@@ -1,0 +1,78 @@
+"""The one place platform errors become gRPC statuses and HTTP responses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from cluster.errors import PlatformError
+
+__all__ = ["grpc_method", "install_http_error_handlers"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Wrap a Serve gRPC method so a PlatformError sets the status code and details.
+
+    Anything else is logged with its stack and answered ``INTERNAL`` with a generic
+    message: the client never sees a stack trace or ``UNKNOWN``.
+    """
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def method(self: Any, request: Any, grpc_context: Any = None) -> T:
+            import grpc
+
+            try:
+                return await fn(self, request)
+            except PlatformError as err:
+                if grpc_context is not None:
+                    grpc_context.set_code(err.grpc_status_code())
+                    grpc_context.set_details(err.message)
+                return response_type()
+            except Exception:  # noqa: BLE001 - the boundary: log it, answer INTERNAL
+                log.exception("%s failed", fn.__name__)
+                if grpc_context is not None:
+                    grpc_context.set_code(grpc.StatusCode.INTERNAL)
+                    grpc_context.set_details("internal error; the server log has the details")
+                return response_type()
+
+        # Serve passes ``grpc_context`` only to methods whose signature names it;
+        # inspect.signature would otherwise follow __wrapped__ to the original.
+        del method.__wrapped__
+        return method
+
+    return wrap
+
+
+def install_http_error_handlers(app: FastAPI) -> None:
+    """Map PlatformError and request validation errors to JSON bodies with a status."""
+
+    @app.exception_handler(PlatformError)
+    async def _platform_error(_request: Request, err: PlatformError) -> JSONResponse:
+        return JSONResponse(status_code=err.http_status_code(), content={"error": err.to_dict()})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return JSONResponse(
+            status_code=422,
+            content={"error": {"code": "invalid_argument", "message": f"{field}: {first.get('msg')}", "field": field}},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, err: Exception) -> JSONResponse:
+        log.error("unhandled error in HTTP handler", exc_info=err)
+        return JSONResponse(
+            status_code=500,
+            content={"error": {"code": "internal", "message": "internal error; the server log has the details"}},
+        )
