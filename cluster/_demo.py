@@ -30,7 +30,7 @@ def _generate(settings: Settings, users: int, days: int, seed: int) -> Path:
     out = settings.lake.root.parent / "demo-input"
     manifest = out / "_truth" / "manifest.json"
     if manifest.exists():
-        params = json.loads(manifest.read_text(encoding="utf-8")).get("params", {})
+        params = json.loads(manifest.read_text(encoding="utf-8"))
         if (params.get("users"), params.get("days"), params.get("seed")) == (users, days, seed):
             console.print(f"[dim]reusing generated data in {out} (same users/days/seed)[/dim]")
             return out
