@@ -1,0 +1,458 @@
+"""The synthetic data generator: contract shape, exact defect accounting, planted structure.
+
+The defect accounting is checked by an independent reference reader written here from the
+contract rules (not from the generator's code): it reads the files as ingest would and
+its reconciliation must equal the manifest's ``expected``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import re
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.contract import ACTIONS, DATASETS, GENDERS, ORDER_STATUSES, dataset
+from cluster.datagen import TRUTH_DIR, GenerationSummary, generate, id_check_digit
+
+END = date(2026, 6, 30)
+SHANGHAI = timezone(timedelta(hours=8))
+LOCAL_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")
+EPOCH_MS_RE = re.compile(r"^\d{12,13}$")
+TIME_COLUMNS = {"users": ("signup_time",), "orders": ("order_time",), "events": ("ts",), "impressions": ("ts",)}
+
+
+# ---------------------------------------------------------------------------------------------
+# A reference reader of the contract, independent of the generator
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_ts(value: str) -> datetime | None:
+    """UTC datetime of a contract timestamp, or None when it is in no accepted format."""
+    try:
+        if LOCAL_RE.match(value):
+            return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=SHANGHAI).astimezone(timezone.utc)
+        if ISO_RE.match(value):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+        if EPOCH_MS_RE.match(value):
+            return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+    except ValueError:
+        return None
+    return None
+
+
+def _number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _failures(name: str, row: dict) -> list[str]:
+    """Every quarantine reason that applies to a parsed row (the contract rules)."""
+    ds = dataset(name)
+    out = []
+    if any(row.get(c) in (None, "") for c in ds.required):
+        out.append("missing_required")
+    for col in TIME_COLUMNS[name]:
+        if row.get(col) not in (None, "") and parse_ts(row[col]) is None:
+            out.append("bad_timestamp")
+    if name == "orders":
+        amount = row.get("amount") or ""
+        if amount:
+            x = _number(amount)
+            out.append("bad_number" if x is None else "negative_amount" if x < 0 else "")
+        qty = row.get("quantity") or ""
+        if qty:
+            q = _number(qty)
+            out.append("bad_number" if q is None else "bad_quantity" if q < 1 or q != int(q) else "")
+        if (row.get("status") or "") not in ORDER_STATUSES + ("",):
+            out.append("bad_status")
+    if name == "events" and (row.get("action") or "") not in ACTIONS + ("",):
+        out.append("unknown_action")
+    if name == "impressions":
+        cost = row.get("cost") or ""
+        if cost:
+            x = _number(cost)
+            out.append("bad_number" if x is None else "negative_cost" if x < 0 else "")
+        if (row.get("clicked") or "") not in ("0", "1", ""):
+            out.append("bad_flag")
+    return [r for r in out if r]
+
+
+def _valid_id_number(value: str) -> bool:
+    if not re.fullmatch(r"\d{17}[\dX]", value):
+        return False
+    try:
+        date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+    except ValueError:
+        return False
+    return id_check_digit(value[:17]) == value[17]
+
+
+def _field_issues(row: dict) -> list[str]:
+    out = []
+    if row["phone"] and not re.fullmatch(r"1[3-9]\d{9}", row["phone"]):
+        out.append("phone")
+    if row["id_number"] and not _valid_id_number(row["id_number"]):
+        out.append("id_number")
+    if row["gender"] and row["gender"] not in GENDERS:
+        out.append("gender")
+    if row["birth_date"]:
+        try:
+            date.fromisoformat(row["birth_date"]) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", row["birth_date"]) else 1 / 0
+        except (ValueError, ZeroDivisionError):
+            out.append("birth_date")
+    out += [f for f in ("opt_in_sms", "opt_in_push", "opt_in_email") if row[f] not in ("0", "1", "")]
+    return out
+
+
+def read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        return f.read().split("\n")[:-1]
+
+
+def reconcile(folder: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Read a contract folder by the rules; return the reconciliation and the accepted rows."""
+    report: dict[str, dict] = {}
+    accepted_rows: dict[str, list[dict]] = {}
+    for ds in DATASETS:
+        path = next(folder / n for n in ds.file_names() if (folder / n).exists())
+        lines = read_lines(path)
+        if ds.fmt == "csv":
+            assert lines[0] == ",".join(ds.columns)
+            lines = lines[1:]
+        counts: dict[str, int] = {}
+        unique = list(dict.fromkeys(lines))
+        parsed = []
+        for line in unique:
+            if ds.fmt == "csv":
+                fields = next(csv.reader([line]))
+                row = dict(zip(ds.columns, fields)) if len(fields) == len(ds.columns) else None
+            else:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                row = row if isinstance(row, dict) else None
+            if row is None:
+                counts["malformed_record"] = counts.get("malformed_record", 0) + 1
+                continue
+            reasons = _failures(ds.name, row)
+            assert len(reasons) <= 1, f"{ds.name}: row has several defects {reasons}: {line}"
+            if reasons:
+                counts[reasons[0]] = counts.get(reasons[0], 0) + 1
+            else:
+                parsed.append(row)
+        ids = pd.Series([r[ds.id_column] for r in parsed], dtype=object)
+        clash = ids.duplicated(keep=False).to_numpy()
+        if clash.any():
+            counts["conflicting_duplicate"] = int(clash.sum())
+        kept = [r for r, bad in zip(parsed, clash) if not bad]
+        issues: dict[str, int] = {}
+        if ds.name == "users":
+            for r in kept:
+                for f in _field_issues(r):
+                    issues[f] = issues.get(f, 0) + 1
+        report[ds.name] = {
+            "rows_read": len(lines),
+            "accepted": len(kept),
+            "quarantined": dict(sorted(counts.items())),
+            "duplicates_dropped": len(lines) - len(unique),
+            "field_issues": dict(sorted(issues.items())),
+        }
+        accepted_rows[ds.name] = kept
+    known = {r["user_id"] for r in accepted_rows["users"]}
+    report["orders"]["unknown_users"] = sum(r["user_id"] not in known for r in accepted_rows["orders"])
+    return report, accepted_rows
+
+
+def manifest(summary: GenerationSummary) -> dict:
+    return json.loads(summary.manifest_path.read_text(encoding="utf-8"))
+
+
+def all_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a small folder for structure, a medium one for statistics
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> GenerationSummary:
+    return generate(tmp_path_factory.mktemp("small"), users=500, days=30, seed=7)
+
+
+@pytest.fixture(scope="module")
+def small_read(small) -> tuple[dict, dict]:
+    return reconcile(small.out_dir)
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory) -> tuple[GenerationSummary, dict]:
+    summary = generate(tmp_path_factory.mktemp("medium"), users=3000, days=90, seed=11)
+    return summary, reconcile(summary.out_dir)[1]
+
+
+def _frame(rows: list[dict], time_column: str | None = None) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    if time_column:
+        df["t"] = [parse_ts(v) for v in df[time_column]]
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism and file shape
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_same_bytes_and_another_seed_differs(small, tmp_path):
+    again = generate(tmp_path / "again", users=500, days=30, seed=7)
+    other = generate(tmp_path / "other", users=500, days=30, seed=8)
+    first = all_files(small.out_dir)
+    assert set(first) >= {"users.csv", "orders.csv", "events.jsonl", "impressions.csv",
+                          f"{TRUTH_DIR}/manifest.json", f"{TRUTH_DIR}/users.csv", f"{TRUTH_DIR}/impressions.csv"}
+    assert all_files(again.out_dir) == first
+    different = all_files(other.out_dir)
+    for name in ("users.csv", "orders.csv", "events.jsonl", "impressions.csv"):
+        assert different[name] != first[name], name
+
+
+def test_headers_and_keys_follow_the_contract(small):
+    for ds in DATASETS:
+        lines = read_lines(small.files[ds.name])
+        if ds.fmt == "csv":
+            assert lines[0] == ",".join(ds.columns)
+        else:
+            objects = [json.loads(line) for line in lines[:50]]
+            assert all(list(o) == list(ds.columns) for o in objects)
+
+
+def test_rows_written_match_the_files_and_add_up(small):
+    m = manifest(small)
+    assert m["expected"] == small.expected
+    for ds in DATASETS:
+        exp = small.expected[ds.name]
+        lines = read_lines(small.files[ds.name])
+        data_lines = len(lines) - (1 if ds.fmt == "csv" else 0)
+        assert small.rows[ds.name] == exp["rows_read"] == data_lines
+        assert exp["rows_read"] == exp["accepted"] + sum(exp["quarantined"].values()) + exp["duplicates_dropped"]
+        assert exp["quarantined"] and exp["duplicates_dropped"] > 0, ds.name
+
+
+def test_every_contract_reason_is_planted(small):
+    planted = {r for exp in small.expected.values() for r in exp["quarantined"]}
+    assert planted == {
+        "malformed_record", "missing_required", "bad_timestamp", "bad_number", "negative_amount",
+        "negative_cost", "bad_quantity", "bad_status", "unknown_action", "bad_flag", "conflicting_duplicate",
+    }
+    assert set(small.expected["users"]["field_issues"]) == {
+        "phone", "id_number", "gender", "birth_date", "opt_in_sms", "opt_in_push", "opt_in_email",
+    }
+    assert small.expected["orders"]["unknown_users"] >= 3
+
+
+def test_reference_reader_reproduces_expected_reconciliation(small, small_read):
+    report, _ = small_read
+    assert report == small.expected
+
+
+def test_defect_register_points_at_the_lines(small):
+    register = pd.read_csv(small.out_dir / TRUTH_DIR / "defects.csv", dtype=str, keep_default_na=False)
+    for ds in DATASETS:
+        lines = read_lines(small.files[ds.name])
+        mine = register[register["dataset"] == ds.name]
+        assert len(mine) > 0
+        for _, r in mine.iterrows():
+            if r["record_id"]:
+                assert r["record_id"] in lines[int(r["line"]) - 1], (ds.name, r.to_dict())
+
+
+def test_clean_variant_has_nothing_to_quarantine(tmp_path):
+    summary = generate(tmp_path, users=300, days=20, seed=3, defects=False)
+    report, _ = reconcile(tmp_path)
+    assert report == summary.expected
+    for name, exp in summary.expected.items():
+        assert exp["quarantined"] == {} and exp["duplicates_dropped"] == 0 and exp["field_issues"] == {}
+        assert exp["accepted"] == exp["rows_read"] > 0, name
+
+
+def test_gzipped_variant_holds_the_same_bytes(small, tmp_path):
+    summary = generate(tmp_path, users=500, days=30, seed=7, compress=True)
+    for ds in DATASETS:
+        assert summary.files[ds.name].name == ds.file_names()[1]
+        assert not (tmp_path / ds.file_names()[0]).exists()
+        with gzip.open(summary.files[ds.name], "rb") as f:
+            assert f.read() == small.files[ds.name].read_bytes(), ds.name
+    assert summary.expected == small.expected
+
+
+def test_progress_is_reported_in_order(tmp_path):
+    calls: list[tuple[str, float]] = []
+    generate(tmp_path, users=200, days=14, seed=1, progress=lambda s, f: calls.append((s, f)))
+    fractions = [f for _, f in calls]
+    assert len(calls) >= 5 and fractions == sorted(fractions)
+    assert fractions[0] == 0.0 and calls[-1] == ("done", 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"users": 5}, {"days": 3}])
+def test_rejects_sizes_it_cannot_honour(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        generate(tmp_path, **{"users": 200, "days": 30, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamps
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_timestamp_column_uses_all_three_formats(small_read):
+    _, rows = small_read
+    for name, columns in TIME_COLUMNS.items():
+        for col in columns:
+            values = [r[col] for r in rows[name] if r.get(col)]
+            for pattern in (LOCAL_RE, ISO_RE, EPOCH_MS_RE):
+                share = sum(bool(pattern.match(v)) for v in values) / len(values)
+                assert share > 0.02, (name, col, pattern.pattern, share)
+
+
+def test_activity_lies_inside_the_window_and_signup_before_it(small_read):
+    _, rows = small_read
+    start = datetime(2026, 6, 1, tzinfo=SHANGHAI)  # 30 days ending 2026-06-30
+    end = datetime(2026, 7, 1, tzinfo=SHANGHAI)
+    for name in ("orders", "events", "impressions"):
+        col = TIME_COLUMNS[name][0]
+        times = [parse_ts(r[col]) for r in rows[name]]
+        assert min(times) >= start and max(times) < end, name
+        assert max(times) - min(times) > timedelta(days=25), name
+    assert max(parse_ts(r["signup_time"]) for r in rows["users"] if r["signup_time"]) < start
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted structure (medium folder: 3,000 users x 90 days)
+# ---------------------------------------------------------------------------------------------
+
+
+def _truth(summary: GenerationSummary) -> pd.DataFrame:
+    return pd.read_csv(summary.out_dir / TRUTH_DIR / "users.csv", dtype={"churn_day": "Int64"},
+                       keep_default_na=False, na_values={"churn_day": [""]})
+
+
+def _paid_orders(rows: dict) -> pd.DataFrame:
+    orders = _frame(rows["orders"], "order_time")
+    orders = orders[orders["status"] != "refunded"].copy()
+    orders["amount"] = orders["amount"].astype(float)
+    return orders
+
+
+def test_archetypes_differ_in_purchase_rate_and_basket(medium):
+    summary, rows = medium
+    truth = _truth(summary).set_index("user_id")
+    paid = _paid_orders(rows)
+    per_user = paid.groupby("user_id").agg(n=("order_id", "nunique"), money=("amount", "sum"))
+    per_user = per_user.join(truth["archetype"], how="inner")
+    buyers = truth[truth["archetype"] != "none"]
+    # Every archetype user has a paid order in the file; "none" users have none.
+    assert set(buyers.index) == set(per_user.index)
+    rate = per_user.groupby("archetype")["n"].mean()
+    assert rate["champions"] > 1.5 * rate["loyal"]
+    assert rate["loyal"] > rate["lapsed"] > 1.5 * rate["bargain"]
+    assert rate["lapsed"] > 1.5 * rate["big_ticket"]
+    basket = (per_user["money"] / per_user["n"]).groupby(per_user["archetype"]).median()
+    assert basket["big_ticket"] > 10 * basket["loyal"] > 10 * basket["bargain"]
+
+
+def test_nobody_acts_on_or_after_the_churn_day(medium):
+    summary, rows = medium
+    truth = _truth(summary)
+    churned = truth[truth["churn_date"] != ""].set_index("user_id")["churn_date"]
+    assert (truth.loc[truth["archetype"] == "lapsed", "churn_date"] != "").all()
+    assert 0 < (truth.loc[truth["archetype"] == "champions", "churn_date"] != "").mean() < 0.2
+    for name in ("orders", "events", "impressions"):
+        df = _frame(rows[name], TIME_COLUMNS[name][0])
+        df = df[df["user_id"].isin(churned.index)]
+        local_day = df["t"].map(lambda t: t.astimezone(SHANGHAI).date().isoformat())
+        assert (local_day < df["user_id"].map(churned)).all(), name
+        assert len(df) > 0
+
+
+def test_orders_and_events_follow_category_preferences(medium):
+    summary, rows = medium
+    top = _truth(summary).set_index("user_id")["top_category"]
+    for name in ("orders", "events"):
+        df = _frame(rows[name])
+        df = df[df["user_id"].isin(top.index)]
+        share = (df["category"] == df["user_id"].map(top)).mean()
+        # Ten categories: 0.1 would mean preferences are not reflected at all (about 0.4 planted).
+        assert share > 0.3, (name, share)
+
+
+def test_event_funnel_and_purchases_track_orders(medium):
+    _, rows = medium
+    events = _frame(rows["events"])
+    counts = events["action"].value_counts()
+    assert counts["view"] > counts["click"] > counts["cart"] > counts["purchase"] > 0
+    assert counts["remove_cart"] > 0 and counts["favorite"] > 0
+    purchases = events[events["action"] == "purchase"].groupby("user_id").size()
+    orders = _frame(rows["orders"]).groupby("user_id").size()
+    joined = pd.concat([orders.rename("orders"), purchases.rename("purchases")], axis=1).fillna(0)
+    assert joined["orders"].corr(joined["purchases"]) > 0.9
+    assert (purchases.index.isin(orders.index)).all()  # no purchase event without an order
+
+
+def test_empirical_ctr_tracks_the_true_click_probability(medium):
+    summary, rows = medium
+    imps = _frame(rows["impressions"])
+    truth = pd.read_csv(summary.out_dir / TRUTH_DIR / "impressions.csv")
+    df = imps.merge(truth, on="impression_id", how="inner")
+    assert len(df) == len(imps)  # every accepted impression has a true probability
+    df["clicked"] = df["clicked"].astype(int)
+    assert 0.02 < df["clicked"].mean() < 0.08
+    by_channel = df.groupby("channel").agg(
+        n=("clicked", "size"), ctr=("clicked", "mean"), p=("p_click", "mean"),
+        var=("p_click", lambda p: float((p * (1 - p)).sum())),
+    )
+    assert set(by_channel.index) == {"feed", "search", "short_video", "sms", "push", "email"}
+    # Clicks are independent Bernoulli(p_i) draws, so the channel's click count has mean sum(p)
+    # and variance sum(p(1-p)): a 4-sigma band fails a correct generator with p < 1e-4.
+    tolerance = 4 * np.sqrt(by_channel["var"]) / by_channel["n"]
+    assert ((by_channel["ctr"] - by_channel["p"]).abs() <= tolerance).all(), by_channel
+    # The documented coefficients order the channels: search best, email worst.
+    assert by_channel["p"].idxmax() == "search" and by_channel["p"].idxmin() == "email"
+    assert by_channel.loc["search", "ctr"] > 2 * by_channel.loc["email", "ctr"]
+
+
+def test_message_channels_only_reach_consenting_users(medium):
+    _, rows = medium
+    users = {r["user_id"]: r for r in rows["users"]}
+    imps = _frame(rows["impressions"])
+    for channel, flag in (("sms", "opt_in_sms"), ("push", "opt_in_push"), ("email", "opt_in_email")):
+        reached = imps.loc[imps["channel"] == channel, "user_id"]
+        consent = reached.map(lambda u: users[u][flag] if u in users else "1")
+        # A consent flag emptied as a field issue is unknown, not a refusal.
+        assert (consent != "0").all(), channel
+
+
+def test_users_have_plausible_personal_fields(small_read):
+    _, rows = small_read
+    users = [r for r in rows["users"] if not _field_issues(r)]
+    with_id = [r for r in users if r["id_number"]]
+    assert len(with_id) > 100
+    for r in with_id:
+        assert r["id_number"][6:14] == r["birth_date"].replace("-", "")
+        if r["gender"]:
+            assert int(r["id_number"][16]) % 2 == (1 if r["gender"] == "M" else 0)
+    assert 0.05 < np.mean([r["phone"] == "" for r in users]) < 0.3
+    assert len({r["city"] for r in users} - {""}) == 12
