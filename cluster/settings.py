@@ -118,6 +118,14 @@ class SparkSettings(_Model):
     # -- further spark.* settings passed as they are
     conf: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _conf_as_text(cls, value: Any) -> Any:
+        # YAML and env overrides turn "true" / "4" into bool / int; Spark wants text.
+        if isinstance(value, dict):
+            return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+        return value
+
 
 class RaySettings(_Model):
     """How Ray Tune and Ray Serve reach Ray."""

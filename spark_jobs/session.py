@@ -36,6 +36,8 @@ def get_spark(settings: Settings, app_name: str = "pmkt") -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(sp.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        # INT96 (Spark's default) reads back in pandas as naive nanoseconds; micros are exact.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )

@@ -84,3 +84,9 @@ def test_no_literal_endpoints_outside_settings():
                 if pattern.search(line) and "settings" not in py.name:
                     offenders.append(f"{py.relative_to(root)}:{no}: {line.strip()}")
     assert offenders == []
+
+
+def test_spark_conf_values_stay_text():
+    s = load_settings(env={"PMKT_SPARK__CONF__spark.sql.adaptive.enabled": "true",
+                           "PMKT_SPARK__CONF__spark.default.parallelism": "4"})
+    assert s.spark.conf == {"spark.sql.adaptive.enabled": "true", "spark.default.parallelism": "4"}
