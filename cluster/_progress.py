@@ -11,8 +11,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 __all__ = ["progress_bar", "console", "err_console"]
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (CI logs, `make demo | tee`) rich assumes 80 columns and truncates tables.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 @contextlib.contextmanager

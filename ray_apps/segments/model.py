@@ -3,7 +3,9 @@
 Features are ``[log1p(recency_days), log1p(frequency), log1p(monetary)]`` standardised:
 RFM values are heavily right-skewed, and K-means on raw standardised values spends its
 clusters on a handful of extreme spenders. Segments are named from their centroids by
-the classic RFM rules (see :func:`name_segment`).
+the classic RFM rules (see :func:`name_segment`), applied in that same log space: arithmetic
+means of skewed spend are dominated by the top few percent of customers, so "above average"
+means above the population's geometric mean.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ __all__ = ["RFMSegmenter", "FEATURES", "name_segment", "SEGMENT_NAMES"]
 FEATURES = ("recency_days", "frequency", "monetary")
 
 #: (recent, frequent, high-spending) -> (English name, Chinese name). "recent" means the
-#: centroid's recency is below the population mean; the others are above their means.
+#: centroid's log recency is below the population's mean log recency; the others are above
+#: their means in log space.
 SEGMENT_NAMES: dict[tuple[bool, bool, bool], tuple[str, str]] = {
     (True, True, True): ("important-value", "重要价值客户"),
     (True, False, True): ("important-development", "重要发展客户"),
@@ -32,20 +35,18 @@ SEGMENT_NAMES: dict[tuple[bool, bool, bool], tuple[str, str]] = {
 }
 
 
-def name_segment(centroid: np.ndarray, reference: np.ndarray) -> tuple[str, str]:
-    """Name a segment by comparing its centroid with the population means.
+def name_segment(standardised_centroid: np.ndarray) -> tuple[str, str]:
+    """Name a segment from its centroid in the model's standardised log-RFM space.
 
     Args:
-        centroid: (recency_days, frequency, monetary) of the segment, original units.
-        reference: the same three means over all users.
+        standardised_centroid: (recency, frequency, monetary) of the centroid after
+            log1p and standardisation; 0 is the population's (geometric) mean.
 
     Returns:
         (English name, Chinese name), e.g. ("important-value", "重要价值客户").
     """
-    recent = bool(centroid[0] < reference[0])
-    frequent = bool(centroid[1] > reference[1])
-    valuable = bool(centroid[2] > reference[2])
-    return SEGMENT_NAMES[(recent, frequent, valuable)]
+    z = np.asarray(standardised_centroid, dtype=float)
+    return SEGMENT_NAMES[(bool(z[0] < 0), bool(z[1] > 0), bool(z[2] > 0))]
 
 
 def _as_matrix(X) -> np.ndarray:
@@ -74,7 +75,6 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
         scaler_: The fitted StandardScaler (on log1p features).
         kmeans_: The fitted KMeans.
         centroids_: (n_clusters, 3) centroids in original units (recency days, orders, CNY).
-        reference_: Population means of the three features (naming reference).
         names_: English names per segment; ``names_zh_`` the Chinese ones.
         sizes_: Training users per segment.
         labels_: Segment of each training row.
@@ -100,8 +100,7 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
         self.labels_ = self.kmeans_.fit_predict(self.scaler_.transform(Z))
         self.centroids_ = np.vstack([raw[self.labels_ == c].mean(axis=0) for c in range(self.n_clusters)])
         self.sizes_ = np.bincount(self.labels_, minlength=self.n_clusters)
-        self.reference_ = raw.mean(axis=0)
-        names = [name_segment(c, self.reference_) for c in self.centroids_]
+        names = [name_segment(c) for c in self.kmeans_.cluster_centers_]
         self.names_, self.names_zh_ = self._disambiguate(names)
         return self
 

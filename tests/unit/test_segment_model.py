@@ -11,7 +11,7 @@ def _planted(n_per=300, seed=0):
     groups = [  # (recency, frequency, monetary) centres, far apart in log space
         (5, 20, 8000),
         (150, 1, 60),
-        (30, 4, 600),
+        (20, 6, 2000),
     ]
     rows, labels = [], []
     for g, (r, f, m) in enumerate(groups):
@@ -47,14 +47,23 @@ def test_predict_matches_kmeans_in_model_space():
 
 
 def test_name_rules_cover_all_eight_cells():
-    ref = np.array([50.0, 3.0, 500.0])
-    names = {
-        name_segment(np.array([r, f, m]), ref)[0]
-        for r in (10, 100)
-        for f in (1, 9)
-        for m in (100, 900)
-    }
+    names = {name_segment(np.array([r, f, m]))[0] for r in (-1, 1) for f in (-1, 1) for m in (-1, 1)}
     assert names == {en for en, _ in SEGMENT_NAMES.values()}
+    assert name_segment(np.array([-0.5, 1.2, 0.8])) == ("important-value", "重要价值客户")
+    assert name_segment(np.array([1.5, -0.2, 0.3])) == ("important-recall", "重要挽留客户")
+
+
+def test_names_use_geometric_not_arithmetic_mean():
+    """A few huge spenders must not make everyone else 'low value'."""
+    rng = np.random.default_rng(3)
+    whales = np.column_stack([rng.uniform(1, 5, 20), rng.uniform(30, 40, 20), rng.uniform(9e5, 1e6, 20)])
+    mid = np.column_stack([rng.uniform(100, 140, 400), np.ones(400), rng.uniform(3000, 4000, 400)])
+    low = np.column_stack([rng.uniform(100, 140, 400), np.ones(400), rng.uniform(20, 40, 400)])
+    X = np.vstack([whales, mid, low])
+    assert X[:, 2].mean() > 4000  # the arithmetic mean sits above every mid spender
+    model = RFMSegmenter(n_clusters=3, random_state=0).fit(X)
+    mid_label = model.predict(np.array([[120.0, 1.0, 3500.0]]))[0]
+    assert model.names_[mid_label] == "important-recall"
 
 
 def test_duplicate_cells_are_numbered():
