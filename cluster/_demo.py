@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cluster._memwatch import MemoryWatch
 from cluster._progress import console, progress_bar
-from cluster._render import print_segments
+from cluster._render import print_segments, serve_until_interrupted
 from cluster.errors import FailedPrecondition
 from cluster.settings import Settings
 
@@ -118,14 +118,7 @@ def run_demo(
             timings["total"] = time.perf_counter() - started
             _print_summary(summary, timings, mem.peak_mib)
             if keep_serving:
-                sv = settings.serve
-                console.print(f"[bold]still serving[/bold]: gRPC {sv.grpc_client_host}:{sv.grpc_port}, "
-                              f"HTTP http://{sv.http_host}:{sv.http_port}; Ctrl-C stops")
-                try:
-                    while True:
-                        time.sleep(3600)
-                except KeyboardInterrupt:
-                    pass
+                serve_until_interrupted(settings.serve, "still serving")
         finally:
             shutdown_ray()
             from spark_jobs.session import stop_spark

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.table import Table
 
 from cluster._progress import console
 
-__all__ = ["print_segments"]
+__all__ = ["print_segments", "serve_until_interrupted"]
 
 
 def print_segments(mv) -> None:
@@ -23,3 +25,15 @@ def print_segments(mv) -> None:
         seg.add_row(str(s["segment_id"]), s["name"], s["name_zh"], f"{s['size']:,}", f"{s['recency_days']:.1f}",
                     f"{s['frequency']:.2f}", f"{s['monetary']:,.2f}")
     console.print(seg)
+
+
+def serve_until_interrupted(serve_settings, title: str = "serving") -> None:
+    """Print where the API listens, then block until Ctrl-C (the caller shuts down)."""
+    sv = serve_settings
+    console.print(f"[bold]{title}[/bold]: gRPC {sv.grpc_client_host}:{sv.grpc_port}, "
+                  f"HTTP http://{sv.http_host}:{sv.http_port} (OpenAPI at /docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass

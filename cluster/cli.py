@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from cluster._progress import console, err_console, progress_bar
-from cluster._render import print_segments
+from cluster._render import print_segments, serve_until_interrupted
 from cluster.errors import PlatformError
 from cluster.settings import Settings, load_settings
 
@@ -176,20 +176,12 @@ def train_segments_cmd(c: _Ctx, smoke_test: bool) -> None:
 @pass_ctx
 def serve_cmd(c: _Ctx) -> None:
     """Serve the API (gRPC and HTTP) on Ray Serve until interrupted (Ctrl-C)."""
-    import time
-
     from ray_apps.runtime import shutdown_ray
     from ray_apps.serve.launcher import start_serving
 
-    sv = c.settings.serve
     try:
         start_serving(c.settings)
-        console.print(f"serving: gRPC {sv.grpc_client_host}:{sv.grpc_port}, HTTP http://{sv.http_host}:{sv.http_port}"
-                      " (OpenAPI at /docs); Ctrl-C stops")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        serve_until_interrupted(c.settings.serve)
     finally:
         shutdown_ray()
 
