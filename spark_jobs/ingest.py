@@ -626,7 +626,7 @@ def main(
                 files[ds.name] = _skipped(ds.name)
                 continue
             step(f"{ds.name}: classifying {path.name}", i / len(plan))
-            lines = spark.read.text(path.as_uri())
+            lines = spark.read.text(lake.stage_input(path, run_id))
             resolved = resolve_duplicates(classify(parse_lines(lines, ds, header), ds, source_tz), ds)
             if ds.name == "orders":
                 known = None if users is None else users.where(F.col("_status") == "accepted").select("user_id")

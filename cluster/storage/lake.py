@@ -17,10 +17,10 @@ from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cluster.errors import ConfigError, NotFound
+from cluster.errors import ConfigError, NotFound, Unavailable
 from cluster.settings import Settings
 
-__all__ = ["Zone", "Lake", "LocalLake", "open_lake"]
+__all__ = ["Zone", "Lake", "LocalLake", "HdfsLake", "open_lake"]
 
 
 class Zone(str, Enum):
@@ -31,6 +31,7 @@ class Zone(str, Enum):
     FEATURES = "features"       # feature tables, one folder per run id
     REPORTS = "reports"         # JSON reports (ingest reconciliation ...)
     REGISTRY = "registry"       # model registry
+    LANDING = "landing"         # input files as delivered, staged for Spark on a cluster
 
 
 def _rel(*parts: str | Zone) -> str:
@@ -66,6 +67,15 @@ class Lake(ABC):
     @abstractmethod
     def delete(self, *parts: str | Zone) -> None:
         """Delete a file or folder tree; no error if absent."""
+
+    @abstractmethod
+    def stage_input(self, local_file: Path, run_id: str) -> str:
+        """Make a delivered input file readable by Spark; returns the URI to read.
+
+        A local lake reads the file where it lies. A distributed lake copies it to
+        ``landing/<run_id>/`` first, because executors on other hosts cannot see the
+        client's disk.
+        """
 
     def read_json(self, *parts: str | Zone) -> Any:
         return json.loads(self.read_bytes(*parts))
@@ -125,6 +135,9 @@ class LocalLake(Lake):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def stage_input(self, local_file: Path, run_id: str) -> str:
+        return f"file://{Path(local_file).resolve()}"
+
     def delete(self, *parts: str | Zone) -> None:
         path = self._path(*parts)
         if path.is_dir():
@@ -133,15 +146,95 @@ class LocalLake(Lake):
             path.unlink(missing_ok=True)
 
 
-def open_lake(settings: Settings) -> Lake:
-    """The lake back-end the settings name.
+class HdfsLake(Lake):
+    """The lake on HDFS: Spark uses ``hdfs://`` URIs, Python goes through WebHDFS.
 
-    Raises:
-        ConfigError: the back-end is not available in this build.
+    Files are written with the configured replication, to a temporary name first and
+    renamed into place, so readers never see a half-written file.
     """
+
+    def __init__(self, fs_uri: str, webhdfs_url: str, user: str, replication: int) -> None:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(fs_uri)
+        if parsed.scheme != "hdfs" or not parsed.netloc:
+            raise ConfigError(f"lake.hdfs.fs_uri must look like hdfs://host:port/path, got {fs_uri!r}",
+                              field="lake.hdfs.fs_uri")
+        self.fs_uri = fs_uri.rstrip("/")
+        self.root = PurePosixPath(parsed.path or "/")
+        self.webhdfs_url = webhdfs_url
+        self.user = user
+        self.replication = replication
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from hdfs import InsecureClient
+
+            self._client = InsecureClient(self.webhdfs_url, user=self.user)
+        return self._client
+
+    def _path(self, *parts: str | Zone) -> str:
+        return str(self.root / _rel(*parts))
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from hdfs.util import HdfsError
+        from requests.exceptions import RequestException
+
+        try:
+            return fn(*args, **kwargs)
+        except HdfsError as exc:
+            if "FileNotFoundException" in str(exc) or "not found" in str(exc) or "does not exist" in str(exc):
+                raise NotFound(f"lake file {what} does not exist") from exc
+            raise Unavailable(f"HDFS {what}: {exc}") from exc
+        except RequestException as exc:
+            raise Unavailable(f"WebHDFS at {self.webhdfs_url} is unreachable: {exc}") from exc
+
+    def uri(self, *parts: str | Zone) -> str:
+        return f"{self.fs_uri}/{_rel(*parts)}" if parts else self.fs_uri
+
+    def exists(self, *parts: str | Zone) -> bool:
+        return self._call(_rel(*parts), self.client.status, self._path(*parts), strict=False) is not None
+
+    def list_dir(self, *parts: str | Zone) -> list[str]:
+        path = self._path(*parts)
+        status = self._call(path, self.client.status, path, strict=False)
+        if status is None or status["type"] != "DIRECTORY":
+            return []
+        return sorted(self._call(path, self.client.list, path))
+
+    def read_bytes(self, *parts: str | Zone) -> bytes:
+        path = self._path(*parts)
+
+        def read() -> bytes:
+            with self.client.read(path) as reader:
+                return reader.read()
+
+        return self._call(_rel(*parts), read)
+
+    def write_bytes(self, data: bytes, *parts: str | Zone) -> None:
+        path = PurePosixPath(self._path(*parts))
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.tmp")
+        self._call(str(path), self.client.write, tmp, data=data, overwrite=True, replication=self.replication)
+        # HDFS rename does not replace: drop the old file first (readers briefly see none).
+        self._call(str(path), self.client.delete, str(path))
+        self._call(str(path), self.client.rename, tmp, str(path))
+
+    def delete(self, *parts: str | Zone) -> None:
+        self._call(_rel(*parts), self.client.delete, self._path(*parts), recursive=True)
+
+    def stage_input(self, local_file: Path, run_id: str) -> str:
+        local_file = Path(local_file)
+        target = self._path(Zone.LANDING, run_id, local_file.name)
+        with local_file.open("rb") as fh:
+            self._call(target, self.client.write, target, data=fh, overwrite=True, replication=self.replication)
+        return self.uri(Zone.LANDING, run_id, local_file.name)
+
+
+def open_lake(settings: Settings) -> Lake:
+    """The lake back-end the settings name."""
     if settings.lake.backend == "local":
         return LocalLake(settings.lake.root)
-    raise ConfigError(
-        "lake.backend 'hdfs' is not implemented yet in this build (see docs/roadmap.md)",
-        field="lake.backend",
-    )
+    h = settings.lake.hdfs
+    return HdfsLake(h.fs_uri, h.webhdfs_url, h.user, h.replication)

@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from cluster.errors import ConfigError, Unavailable
+from cluster.errors import Unavailable
 from cluster.settings import Settings
 from cluster.storage.keys import COUNTER_FAMILY, encode_counter, encode_value, split_column
 
-__all__ = ["ProfileStore", "SqliteProfileStore", "open_profile_store", "CellValue"]
+__all__ = ["ProfileStore", "SqliteProfileStore", "HBaseProfileStore", "open_profile_store", "CellValue"]
 
 CellValue = str | int | float | bool | bytes
 
@@ -190,16 +190,103 @@ class SqliteProfileStore(ProfileStore):
             self._local.conn = None
 
 
-def open_profile_store(settings: Settings) -> ProfileStore:
-    """The profile store back-end the settings name.
+class HBaseProfileStore(ProfileStore):
+    """Profiles in HBase through its Thrift (v1) server, with happybase.
 
-    Raises:
-        ConfigError: the back-end is not available in this build.
+    One table ``<prefix>_profiles``; row key ``keys.row_key`` (salted user id); one column
+    family per cell family (docs/profile-store.md). The table is created on first use.
+    A small connection pool serves concurrent callers (Serve replicas use threads).
     """
+
+    #: Versions kept per family: attributes and model outputs keep history for audits.
+    FAMILY_VERSIONS = {"a": 3, "f": 3, "c": 1, "t": 1, "m": 3}
+
+    def __init__(self, host: str, port: int, table_prefix: str, salt_buckets: int, timeout_ms: int,
+                 batch_size: int = 1000, pool_size: int = 4) -> None:
+        self.host, self.port = host, port
+        self.table_name = f"{table_prefix}_profiles"
+        self.salt_buckets = salt_buckets
+        self.timeout_ms = timeout_ms
+        self.batch_size = batch_size
+        self.pool_size = pool_size
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def _connection(self):
+        import happybase
+
+        with self._lock:
+            if self._pool is None:
+                try:
+                    pool = happybase.ConnectionPool(
+                        self.pool_size, host=self.host, port=self.port, timeout=self.timeout_ms,
+                        table_prefix=None, autoconnect=True,
+                    )
+                    with pool.connection() as conn:
+                        if self.table_name.encode() not in conn.tables():
+                            conn.create_table(
+                                self.table_name,
+                                {fam: {"max_versions": v} for fam, v in self.FAMILY_VERSIONS.items()},
+                            )
+                except Exception as exc:  # thriftpy2 raises transport errors of several kinds
+                    raise Unavailable(f"HBase Thrift server {self.host}:{self.port} is unreachable: {exc}") from exc
+                self._pool = pool
+        return self._pool.connection()
+
+    def _key(self, user_id: str) -> bytes:
+        from cluster.storage.keys import row_key
+
+        return row_key(user_id, self.salt_buckets)
+
+    def write_batch(self, rows: Iterable[tuple[str, Mapping[str, CellValue]]]) -> int:
+        users = 0
+        with self._connection() as conn:
+            table = conn.table(self.table_name)
+            with table.batch(batch_size=self.batch_size) as batch:
+                for user_id, cells in rows:
+                    batch.put(self._key(user_id), {c.encode(): _encode(c, v) for c, v in cells.items()})
+                    users += 1
+        return users
+
+    def read(self, user_id: str, columns: Sequence[str] | None = None) -> dict[str, bytes] | None:
+        with self._connection() as conn:
+            cols = [c.encode() for c in columns] if columns is not None else None
+            row = conn.table(self.table_name).row(self._key(user_id), columns=cols)
+        return {k.decode(): v for k, v in row.items()} or None
+
+    def increment(self, user_id: str, column: str, amount: int = 1) -> int:
+        family, _ = split_column(column)
+        if family != COUNTER_FAMILY:
+            raise ValueError(f"only counter columns ({COUNTER_FAMILY}:...) can be incremented, not {column}")
+        with self._connection() as conn:
+            return int(conn.table(self.table_name).counter_inc(self._key(user_id), column.encode(), amount))
+
+    def delete(self, user_id: str) -> None:
+        with self._connection() as conn:
+            conn.table(self.table_name).delete(self._key(user_id))
+
+    def count_users(self) -> int:
+        with self._connection() as conn:
+            return sum(1 for _ in conn.table(self.table_name).scan(filter=b"FirstKeyOnlyFilter()", batch_size=1000))
+
+    def drop_table(self) -> None:
+        """Delete the profile table (tests and teardown); recreated on next use."""
+        with self._connection() as conn:
+            if self.table_name.encode() in conn.tables():
+                conn.delete_table(self.table_name, disable=True)
+        with self._lock:
+            self._pool = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool = None
+
+
+def open_profile_store(settings: Settings) -> ProfileStore:
+    """The profile store back-end the settings name."""
     ps = settings.profile_store
     if ps.backend == "sqlite":
         return SqliteProfileStore(ps.sqlite_path, batch_size=ps.batch_size)
-    raise ConfigError(
-        "profile_store.backend 'hbase' is not implemented yet in this build (see docs/roadmap.md)",
-        field="profile_store.backend",
-    )
+    hb = ps.hbase
+    return HBaseProfileStore(hb.host, hb.port, hb.table_prefix, hb.salt_buckets, hb.timeout_ms,
+                             batch_size=ps.batch_size)
