@@ -33,6 +33,7 @@ __all__ = [
     "ServeSettings",
     "IngestSettings",
     "SegmentSettings",
+    "ClusterSettings",
     "PROFILES_DIR",
     "load_settings",
     "profile_path",
@@ -142,6 +143,8 @@ class RaySettings(_Model):
     # -- where Tune keeps trial results (must be a local or shared path)
     tune_storage: Path = Path("var/tune")
     include_dashboard: bool = False
+    # -- RAY_AUTH_MODE for this process; must match what the cluster's nodes were started with
+    auth_mode: Literal["token", "disabled"] | None = None
 
 
 class AutoscalingSettings(_Model):
@@ -164,6 +167,8 @@ class ServeSettings(_Model):
     grpc_port: int = Field(9000, ge=1, le=65535)
     # -- address clients (the demo, tests, benchmarks) use to reach the gRPC port
     grpc_client_host: str = "127.0.0.1"
+    # -- where Serve runs its proxies: HeadOnly when http_host is the head's own address
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     request_timeout_s: float = Field(10.0, gt=0)
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     # -- longest user id accepted by the API
@@ -204,6 +209,21 @@ class SegmentSettings(_Model):
         return self
 
 
+class ClusterSettings(_Model):
+    """How `pmkt cluster up | down | status` reaches and judges the provisioned cluster."""
+
+    # -- Ansible inventory for up/down, relative to the checkout's ansible/ folder
+    inventory: str = "inventories/local"
+    # -- HBase master web UI (its /jmx tells live RegionServers)
+    hbase_master_http: str | None = None
+    # -- Spark standalone master web UI (its /json/ lists workers)
+    spark_master_http: str | None = None
+    expected_datanodes: int = Field(2, ge=1)
+    expected_regionservers: int = Field(2, ge=1)
+    expected_spark_workers: int = Field(2, ge=1)
+    expected_ray_nodes: int = Field(3, ge=1)
+
+
 class Settings(_Model):
     """All platform settings. Build with :func:`load_settings`."""
 
@@ -215,6 +235,7 @@ class Settings(_Model):
     serve: ServeSettings = ServeSettings()
     ingest: IngestSettings = IngestSettings()
     segments: SegmentSettings = SegmentSettings()
+    cluster: ClusterSettings = ClusterSettings()
     # -- the file these settings came from (set by load_settings)
     source: Path | None = None
 

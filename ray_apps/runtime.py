@@ -27,6 +27,8 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
     # Serve's proxy and replicas must import the generated stubs and this package;
     # they run in the venv's interpreter, where the project is installed.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if rs.auth_mode:
+        os.environ["RAY_AUTH_MODE"] = rs.auth_mode
     common = dict(
         log_to_driver=log_to_driver,
         logging_level=logging.WARNING,
@@ -43,7 +45,8 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
             **common,
         )
     else:
-        ray.init(address=rs.address, **common)
+        # The driver's node address must be one the cluster's nodes can reach back.
+        ray.init(address=rs.address, _node_ip_address=rs.node_ip, **common)
     log.info("Ray ready: %s", ray.cluster_resources())
 
 

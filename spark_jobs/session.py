@@ -38,6 +38,8 @@ def get_spark(settings: Settings, app_name: str = "pmkt") -> SparkSession:
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         # INT96 (Spark's default) reads back in pandas as naive nanoseconds; micros are exact.
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        # Executors (on other hosts, in cluster mode) run the driver's interpreter path.
+        .config("spark.pyspark.python", sys.executable)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )

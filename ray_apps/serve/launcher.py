@@ -27,6 +27,7 @@ def start_serving(settings: Settings, *, blocking: bool = False) -> None:
     ensure_ray(settings)
     sv = settings.serve
     serve.start(
+        proxy_location=sv.proxy_location,
         http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s),
         grpc_options=gRPCOptions(
             port=sv.grpc_port, grpc_servicer_functions=GRPC_SERVICERS, request_timeout_s=sv.request_timeout_s
