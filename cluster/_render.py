@@ -31,7 +31,7 @@ def serve_until_interrupted(serve_settings, title: str = "serving") -> None:
     """Print where the API listens, then block until Ctrl-C (the caller shuts down)."""
     sv = serve_settings
     console.print(f"[bold]{title}[/bold]: gRPC {sv.grpc_client_host}:{sv.grpc_port}, "
-                  f"HTTP http://{sv.http_host}:{sv.http_port} (OpenAPI at /docs); Ctrl-C stops")
+                  f"HTTP http://{sv.http_client_host}:{sv.http_port} (OpenAPI at /docs); Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)

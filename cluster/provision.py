@@ -158,7 +158,7 @@ def cluster_status(settings: Settings, timeout: float = 5.0) -> list[Check]:
 
     def serve() -> Check:
         sv = settings.serve
-        base = f"http://{sv.http_host}:{sv.http_port}"
+        base = f"http://{sv.http_client_host}:{sv.http_port}"
         resp = httpx.get(f"{base}/-/routes", timeout=timeout)
         routes = resp.json() if resp.status_code == 200 else {}
         ok = resp.status_code == 200 and bool(routes)

@@ -167,6 +167,8 @@ class ServeSettings(_Model):
     grpc_port: int = Field(9000, ge=1, le=65535)
     # -- address clients (the demo, tests, benchmarks) use to reach the gRPC port
     grpc_client_host: str = "127.0.0.1"
+    # -- address clients use to reach the HTTP port (http_host may be 0.0.0.0)
+    http_client_host: str = "127.0.0.1"
     # -- where Serve runs its proxies: HeadOnly when http_host is the head's own address
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     request_timeout_s: float = Field(10.0, gt=0)

@@ -61,7 +61,7 @@ class MarketingClient:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "MarketingClient":
         sv = settings.serve
-        return cls(f"{sv.grpc_client_host}:{sv.grpc_port}", f"http://{sv.http_host}:{sv.http_port}", **kwargs)
+        return cls(f"{sv.grpc_client_host}:{sv.grpc_port}", f"http://{sv.http_client_host}:{sv.http_port}", **kwargs)
 
     # -- plumbing -----------------------------------------------------------------------
     def _stub(self) -> segment_pb2_grpc.SegmentServiceStub:

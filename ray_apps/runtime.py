@@ -44,6 +44,9 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
             object_store_memory=rs.object_store_mb * 1024 * 1024 if rs.object_store_mb else None,
             **common,
         )
+    elif rs.address.startswith("ray://"):
+        # Ray Client: the driver runs on the head; this process only talks to it.
+        ray.init(address=rs.address, logging_level=logging.WARNING)
     else:
         # The driver's node address must be one the cluster's nodes can reach back.
         ray.init(address=rs.address, _node_ip_address=rs.node_ip, **common)
