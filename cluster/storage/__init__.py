@@ -13,12 +13,14 @@ from cluster.storage.keys import (
     encode_value,
     row_key,
 )
-from cluster.storage.lake import Lake, LocalLake, Zone, open_lake
-from cluster.storage.profile_store import ProfileStore, SqliteProfileStore, open_profile_store
+from cluster.storage.lake import HdfsLake, Lake, LocalLake, Zone, open_lake
+from cluster.storage.profile_store import HBaseProfileStore, ProfileStore, SqliteProfileStore, open_profile_store
 
 __all__ = [
     "COUNTER_FAMILY",
     "FAMILIES",
+    "HBaseProfileStore",
+    "HdfsLake",
     "Lake",
     "LocalLake",
     "ProfileStore",
