@@ -10,10 +10,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit bench clean distclean
+.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench clean distclean
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,16 @@ proto: $(STAMP) ## Regenerate the gRPC stubs from protos/.
 demo: install ## Run the whole chain on generated data (embedded profile) and print a summary.
 	$(BIN)/pmkt demo
 
-test: install ## Unit tests plus the end-to-end slice on small data.
+test: install ## Unit tests, the end-to-end slice, then the local cluster: lint, provision, integration tests, teardown.
 	$(BIN)/python -m pytest tests/unit tests/e2e $(PYTEST_ARGS)
+	@if [ "$${PMKT_SKIP_CLUSTER:-0}" = 1 ]; then echo "PMKT_SKIP_CLUSTER=1: cluster tests skipped"; \
+	else $(MAKE) --no-print-directory test-cluster; fi
+
+test-cluster: install lint-ansible ## Provision the local 1-master/2-worker cluster, run tests/integration, tear down (root).
+	tests/integration/run_on_cluster.sh $(PYTEST_ARGS)
+
+lint-ansible: install ## ansible-lint (production profile, offline) on ansible/.
+	cd ansible && ../$(BIN)/ansible-lint --offline
 
 test-unit: install ## Unit tests only (nothing running needed).
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

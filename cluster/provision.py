@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -142,17 +143,19 @@ def cluster_status(settings: Settings, timeout: float = 5.0) -> list[Check]:
                      f"{alive} alive (expected {cl.expected_spark_workers}) at {settings.spark.master}")
 
     def ray_nodes() -> Check:
-        host, _, port = settings.ray.address.rpartition(":")
+        address = settings.ray.address
+        host, _, port = address.removeprefix("ray://").rpartition(":")
         _tcp(host, int(port), timeout)  # fail fast: ray.init retries a dead address for minutes
-        script = (
-            "import json, ray; "
-            f"ray.init(address={settings.ray.address!r}, _node_ip_address={settings.ray.node_ip!r}, "
-            "logging_level='ERROR', log_to_driver=False); "
-            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))"
-        )
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+        if address.startswith("ray://"):
+            init = f"ray.init(address={address!r}, logging_level='ERROR')"
+        else:
+            init = (f"ray.init(address={address!r}, _node_ip_address={settings.ray.node_ip!r}, "
+                    "logging_level='ERROR', log_to_driver=False)")
+        script = f"import json, ray; {init}; print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))"
+        env = {**os.environ, **({"RAY_AUTH_MODE": settings.ray.auth_mode} if settings.ray.auth_mode else {})}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
         if proc.returncode != 0:
-            return Check("Ray nodes", False, f"cannot join {settings.ray.address}: {proc.stderr.strip()[-200:]}")
+            return Check("Ray nodes", False, f"cannot join {address}: {proc.stderr.strip()[-200:]}")
         alive = json.loads(proc.stdout.strip().splitlines()[-1])
         return Check("Ray nodes", alive == cl.expected_ray_nodes, f"{alive} alive (expected {cl.expected_ray_nodes})")
 

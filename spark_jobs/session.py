@@ -43,6 +43,9 @@ def get_spark(settings: Settings, app_name: str = "pmkt") -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
+    if settings.lake.hdfs is not None:
+        # Spark's HDFS client has no hdfs-site.xml: without this its files get 3 replicas.
+        builder = builder.config("spark.hadoop.dfs.replication", str(settings.lake.hdfs.replication))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
