@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 
@@ -179,8 +178,3 @@ def cluster_status(settings: Settings, timeout: float = 5.0) -> list[Check]:
     ):
         checks.append(_guard(name, fn))
     return checks
-
-
-def spark_master_host(settings: Settings) -> str:
-    """Host of the Spark master URL (for messages)."""
-    return urlparse(settings.spark.master.replace("spark://", "http://")).hostname or "?"

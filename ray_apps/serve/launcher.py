@@ -12,11 +12,11 @@ log = logging.getLogger(__name__)
 APP_NAME = "marketing"
 
 
-def start_serving(settings: Settings, *, blocking: bool = False) -> None:
+def start_serving(settings: Settings) -> None:
     """Start Serve's HTTP and gRPC proxies on the configured ports and deploy the app.
 
     The gRPC options must be given before the first deployment: Serve ignores them once
-    it runs. Returns when the application is healthy (or never, if ``blocking``).
+    it runs. Returns when the application is healthy and its proxies accept connections.
     """
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -36,11 +36,6 @@ def start_serving(settings: Settings, *, blocking: bool = False) -> None:
     serve.run(build_segment_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
     log.info("serving on http://%s:%d and gRPC port %d", sv.http_host, sv.http_port, sv.grpc_port)
-    if blocking:
-        import time
-
-        while True:
-            time.sleep(3600)
 
 
 def _wait_for_proxies(settings: Settings, timeout_s: float = 60.0) -> None:
