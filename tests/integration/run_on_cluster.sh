@@ -22,7 +22,10 @@ teardown() {
   if [ -n "$(ip netns list 2>/dev/null)" ]; then
     echo "network namespaces left after teardown: $(ip netns list)" >&2; return 1
   fi
-  echo "== teardown left no daemon, Ray process or namespace"
+  if compgen -G "/tmp/pmkt-ray/*" >/dev/null; then
+    echo "Ray temp folders left after teardown: $(ls /tmp/pmkt-ray)" >&2; return 1
+  fi
+  echo "== teardown left no daemon, Ray process, namespace or Ray temp folder"
 }
 
 if [ "$(id -u)" != 0 ]; then
