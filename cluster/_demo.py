@@ -128,7 +128,7 @@ def run_demo(
 
 def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dict:
     from ray_apps.segments.tune import train_segments
-    from ray_apps.serve.launcher import start_serving
+    from ray_apps.serve.launcher import deploy, start_serving, wait_for_model
     from spark_jobs import ingest, rfm
     from spark_jobs.session import stop_spark
 
@@ -143,8 +143,16 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
     with progress_bar("train segments") as progress:
         model = timed("train", train_segments, settings, smoke_test=smoke_test, progress=progress)
     with progress_bar("serve") as progress:
-        progress("starting Ray Serve (gRPC + HTTP)", 0.1)
-        timed("serve start", start_serving, settings)
+        if settings.ray.address == "local":
+            progress("starting Ray Serve (gRPC + HTTP)", 0.1)
+            timed("serve start", start_serving, settings)
+        else:
+            # A cluster keeps its deployment (the platform role made it): deploy only if it is
+            # missing, then wait for the application to pick the new model up from the registry.
+            progress("checking the cluster's Serve application", 0.1)
+            timed("serve deploy", deploy, settings)
+            progress(f"waiting for the application to serve {model.ref}", 0.5)
+            timed("model pickup", wait_for_model, settings, sample_users[0], model.ref)
         progress("application healthy", 1.0)
     calls = timed("api calls", call_api, settings, sample_users)
     return {"report": report, "rfm": rfm_meta, "model": model, "calls": calls}

@@ -15,7 +15,8 @@ def print_segments(mv) -> None:
     """Print a segmentation model version: chosen k, elbow curve, segments."""
     m = mv.metrics
     console.print(f"model {mv.ref}: k={m['chosen_k']} silhouette={m['silhouette']:.3f} on {m['users']:,} users")
-    elbow = Table("k", "inertia", "silhouette", title="elbow curve")
+    spread = f" ({len(m['elbow'])} Tune trials on {m['trial_nodes']} Ray node(s))" if "trial_nodes" in m else ""
+    elbow = Table("k", "inertia", "silhouette", title=f"elbow curve{spread}")
     for row in m["elbow"]:
         mark = " *" if row["k"] == m["chosen_k"] else ""
         elbow.add_row(f"{row['k']}{mark}", f"{row['inertia']:,.0f}", f"{row['silhouette']:.3f}")

@@ -218,18 +218,94 @@ def cluster_status_cmd(c: _Ctx) -> None:
 
 
 # -- serve --------------------------------------------------------------------------------
-@cli.command("serve")
-@pass_ctx
-def serve_cmd(c: _Ctx) -> None:
-    """Serve the API (gRPC and HTTP) on Ray Serve until interrupted (Ctrl-C)."""
+@cli.group("serve", invoke_without_command=True)
+@click.pass_context
+def serve_group(ctx: click.Context) -> None:
+    """Serve the API (gRPC and HTTP) on Ray Serve.
+
+    \b
+    Without a subcommand: start serving and stay in the foreground until Ctrl-C (the
+    embedded default's private Ray stops with it).
+    On a Ray cluster, `pmkt serve deploy` deploys the application and returns; it keeps
+    serving, and picks up newly trained models from the registry by itself.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from ray_apps.runtime import shutdown_ray
     from ray_apps.serve.launcher import start_serving
 
+    c = ctx.find_object(_Ctx)
     try:
         start_serving(c.settings)
         serve_until_interrupted(c.settings.serve)
     finally:
         shutdown_ray()
+
+
+@serve_group.command("deploy")
+@click.option("--redeploy", is_flag=True, help="Redeploy even if the application is running (after an upgrade).")
+@pass_ctx
+def serve_deploy(c: _Ctx, redeploy: bool) -> None:
+    """Deploy the API on the Ray cluster and return (idempotent: a running application is
+    left alone). Prints `deployed` or `unchanged`."""
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.serve.launcher import deploy
+
+    try:
+        changed = deploy(c.settings, redeploy=redeploy)
+    finally:
+        shutdown_ray()
+    sv = c.settings.serve
+    console.print(f"{'deployed' if changed else 'unchanged'}: gRPC {sv.grpc_client_host}:{sv.grpc_port}, "
+                  f"HTTP http://{sv.http_client_host}:{sv.http_port}", highlight=False)
+
+
+@serve_group.command("status")
+@pass_ctx
+def serve_status(c: _Ctx) -> None:
+    """The application's status on the Ray cluster; exits 1 unless RUNNING."""
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.serve.launcher import APP_NAME, app_status
+
+    try:
+        status = app_status(c.settings)
+    finally:
+        shutdown_ray()
+    console.print(f"{APP_NAME}: {status or 'not deployed'}", highlight=False)
+    if status != "RUNNING":
+        raise SystemExit(1)
+
+
+@serve_group.command("delete")
+@pass_ctx
+def serve_delete(c: _Ctx) -> None:
+    """Remove the application from the Ray cluster (no error if absent)."""
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.serve.launcher import delete
+
+    try:
+        removed = delete(c.settings)
+    finally:
+        shutdown_ray()
+    console.print("deleted" if removed else "not deployed", highlight=False)
+
+
+# -- profile store ------------------------------------------------------------------------
+@cli.group("store")
+def store_group() -> None:
+    """The profile store (SQLite embedded, HBase on the cluster)."""
+
+
+@store_group.command("init")
+@pass_ctx
+def store_init(c: _Ctx) -> None:
+    """Create the profile store's tables if missing (idempotent). Prints `created` or `exists`."""
+    from cluster.storage import open_profile_store
+
+    store = open_profile_store(c.settings)
+    created = store.ensure_schema()
+    where = getattr(store, "table_name", None) or getattr(store, "path", "")
+    console.print(f"{'created' if created else 'exists'}: {where}", highlight=False)
 
 
 @cli.command("segment")

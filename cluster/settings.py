@@ -175,6 +175,8 @@ class ServeSettings(_Model):
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     # -- longest user id accepted by the API
     max_user_id_length: int = Field(64, ge=1)
+    # -- seconds between a replica's checks of the model registry for a new current version
+    model_refresh_s: float = Field(30.0, gt=0)
 
 
 class IngestSettings(_Model):

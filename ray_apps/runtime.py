@@ -10,6 +10,8 @@ from cluster.settings import Settings
 __all__ = ["ensure_ray", "shutdown_ray"]
 
 log = logging.getLogger(__name__)
+#: Whether this process started a private local Ray (whose Serve dies with it).
+_local = False
 
 
 def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
@@ -21,9 +23,11 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
     """
     import ray
 
+    global _local
     if ray.is_initialized():
         return
     rs = settings.ray
+    _local = rs.address == "local"
     # Serve's proxy and replicas must import the generated stubs and this package;
     # they run in the venv's interpreter, where the project is installed.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -54,15 +58,20 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
 
 
 def shutdown_ray() -> None:
-    """Stop Serve (if running) and disconnect from / stop the local Ray."""
+    """Disconnect from Ray. A private local Ray stops, with Serve; on a cluster the Serve
+    applications keep running (they are the cluster's deployment: `pmkt serve delete`
+    removes them)."""
     import ray
 
+    global _local
     if not ray.is_initialized():
         return
-    try:
-        from ray import serve
+    if _local:
+        try:
+            from ray import serve
 
-        serve.shutdown()
-    except Exception:  # noqa: BLE001 - shutting down; Serve may never have started
-        log.debug("serve.shutdown failed", exc_info=True)
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - shutting down; Serve may never have started
+            log.debug("serve.shutdown failed", exc_info=True)
     ray.shutdown()
+    _local = False

@@ -61,7 +61,31 @@ def store_delete_removes_everything(store, prefix: str) -> None:
     assert store.read(uid) is None
 
 
+def store_ensure_schema_is_idempotent(store, prefix: str) -> None:
+    uid = f"{prefix}1"
+    store.write_batch([(uid, {"f:r": 5})])
+    assert store.ensure_schema() is False  # the tables exist after a write
+    assert store.read(uid, ["f:r"]) == {"f:r": b"5"}
+
+
+def store_reads_whole_families(store, prefix: str) -> None:
+    uid = f"{prefix}1"
+    store.write_batch([(uid, {"a:city": "上海", "a:gender": "F", "f:r": 2, "t:top": "[]"})])
+    store.increment(uid, "c:view", 3)
+    store.increment(uid, "c:cart")
+    assert store.read(uid, families=["a"]) == {"a:city": "上海".encode(), "a:gender": b"F"}
+    assert set(store.read(uid, families=["c"])) == {"c:view", "c:cart"}
+    assert decode_counter(store.read(uid, families=["c"])["c:view"]) == 3
+    got = store.read(uid, columns=["f:r"], families=["t", "c"])
+    assert set(got) == {"f:r", "t:top", "c:view", "c:cart"}
+    assert store.read(uid, families=["m"]) is None
+    with pytest.raises(ValueError):
+        store.read(uid, families=["zz"])
+
+
 STORE_CONTRACT = [
+    store_reads_whole_families,
+    store_ensure_schema_is_idempotent,
     store_write_read_and_filter,
     store_upsert_replaces_cell,
     store_counters_atomic,

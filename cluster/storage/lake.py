@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ from cluster.errors import ConfigError, NotFound, Unavailable
 from cluster.settings import Settings
 
 __all__ = ["Zone", "Lake", "LocalLake", "HdfsLake", "open_lake"]
+
+log = logging.getLogger(__name__)
 
 
 class Zone(str, Enum):
@@ -153,6 +156,11 @@ class HdfsLake(Lake):
     renamed into place, so readers never see a half-written file.
     """
 
+    #: DataNodes tried per read (each failed one is excluded from the next OPEN).
+    READ_ATTEMPTS = 4
+    #: (connect, read) seconds for WebHDFS requests.
+    TIMEOUTS = (5, 120)
+
     def __init__(self, fs_uri: str, webhdfs_url: str, user: str, replication: int) -> None:
         from urllib.parse import urlparse
 
@@ -205,13 +213,52 @@ class HdfsLake(Lake):
         return sorted(self._call(path, self.client.list, path))
 
     def read_bytes(self, *parts: str | Zone) -> bytes:
+        """The file's bytes, read around DataNodes that are down.
+
+        WebHDFS answers OPEN with a redirect to one DataNode, and the NameNode keeps
+        choosing a dead one until it has noticed the death (minutes, by default). So the
+        redirect is followed here: when the chosen DataNode cannot be reached, the OPEN is
+        asked again with that node in ``excludedatanodes``, as the Java WebHDFS client does.
+        """
+        import socket
+        from urllib.parse import urlparse
+
+        import requests
+
         path = self._path(*parts)
-
-        def read() -> bytes:
-            with self.client.read(path) as reader:
-                return reader.read()
-
-        return self._call(_rel(*parts), read)
+        what = _rel(*parts)
+        url = f"{self.webhdfs_url.rstrip('/')}/webhdfs/v1{path}"
+        excluded: list[str] = []
+        for _ in range(self.READ_ATTEMPTS):
+            params = {"op": "OPEN", "user.name": self.user}
+            if excluded:
+                params["excludedatanodes"] = ",".join(excluded)
+            try:
+                resp = requests.get(url, params=params, allow_redirects=False, timeout=self.TIMEOUTS)
+            except requests.RequestException as exc:
+                raise Unavailable(f"WebHDFS at {self.webhdfs_url} is unreachable: {exc}") from exc
+            if resp.status_code == 404:
+                raise NotFound(f"lake file {what} does not exist")
+            if resp.status_code == 200:  # a NameNode configured to proxy the data itself
+                return resp.content
+            if resp.status_code != 307 or "Location" not in resp.headers:
+                raise Unavailable(f"HDFS read {what}: WebHDFS answered {resp.status_code}: {resp.text[:300]}")
+            location = resp.headers["Location"]
+            try:
+                data = requests.get(location, timeout=self.TIMEOUTS)
+            except requests.RequestException as exc:
+                node = urlparse(location).hostname or ""
+                try:
+                    address = socket.gethostbyname(node)
+                except OSError:
+                    address = node
+                log.warning("DataNode %s failed reading %s (%s); retrying without it", node, what, exc)
+                excluded.append(address)
+                continue
+            if data.status_code != 200:
+                raise Unavailable(f"HDFS read {what}: DataNode answered {data.status_code}: {data.text[:300]}")
+            return data.content
+        raise Unavailable(f"HDFS read {what}: no reachable DataNode after excluding {', '.join(excluded)}")
 
     def write_bytes(self, data: bytes, *parts: str | Zone) -> None:
         path = PurePosixPath(self._path(*parts))

@@ -30,6 +30,13 @@ def _encode(column: str, value: CellValue) -> bytes:
     return value if isinstance(value, bytes) else encode_value(value)
 
 
+def _check_family(family: str) -> None:
+    from cluster.storage.keys import FAMILIES
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown column family {family!r}; families are {FAMILIES}")
+
+
 class ProfileStore(ABC):
     """Read and write user profiles. Connections are opened lazily, on first use."""
 
@@ -38,8 +45,15 @@ class ProfileStore(ABC):
         """Upsert cells for many users in batches; returns the number of users written."""
 
     @abstractmethod
-    def read(self, user_id: str, columns: Sequence[str] | None = None) -> dict[str, bytes] | None:
-        """The user's cells (all, or only ``columns``); ``None`` if the user has no row."""
+    def read(self, user_id: str, columns: Sequence[str] | None = None,
+             families: Sequence[str] | None = None) -> dict[str, bytes] | None:
+        """The user's cells; ``None`` if the user has no row.
+
+        Args:
+            columns: Only these ``family:qualifier`` cells.
+            families: Also (or, without ``columns``, only) every cell of these families.
+                With neither, all cells.
+        """
 
     @abstractmethod
     def increment(self, user_id: str, column: str, amount: int = 1) -> int:
@@ -48,6 +62,10 @@ class ProfileStore(ABC):
     @abstractmethod
     def delete(self, user_id: str) -> None:
         """Remove every cell of the user."""
+
+    @abstractmethod
+    def ensure_schema(self) -> bool:
+        """Create the store's tables if they do not exist; True if anything was created."""
 
     @abstractmethod
     def count_users(self) -> int:
@@ -132,13 +150,16 @@ class SqliteProfileStore(ProfileStore):
         flush()
         return users
 
-    def read(self, user_id: str, columns: Sequence[str] | None = None) -> dict[str, bytes] | None:
+    def read(self, user_id: str, columns: Sequence[str] | None = None,
+             families: Sequence[str] | None = None) -> dict[str, bytes] | None:
         conn = self._conn()
         out: dict[str, bytes] = {}
-        if columns is None:
+        counters: list[tuple[str, int]] = []
+        if columns is None and families is None:
             out.update(conn.execute("SELECT col, value FROM cells WHERE user_id = ?", (user_id,)).fetchall())
             counters = conn.execute("SELECT col, value FROM counters WHERE user_id = ?", (user_id,)).fetchall()
         else:
+            columns = list(columns or [])
             plain = [c for c in columns if split_column(c)[0] != COUNTER_FAMILY]
             wanted = [c for c in columns if split_column(c)[0] == COUNTER_FAMILY]
             if plain:
@@ -148,12 +169,21 @@ class SqliteProfileStore(ProfileStore):
                         f"SELECT col, value FROM cells WHERE user_id = ? AND col IN ({marks})", (user_id, *plain)
                     ).fetchall()
                 )
-            counters = []
             if wanted:
                 marks = ",".join("?" * len(wanted))
                 counters = conn.execute(
                     f"SELECT col, value FROM counters WHERE user_id = ? AND col IN ({marks})", (user_id, *wanted)
                 ).fetchall()
+            for family in families or []:
+                _check_family(family)
+                # Range scan on the primary key: every qualifier of the family sorts between
+                # "<family>:" and "<family>;" (";" follows ":" in ASCII).
+                table = "counters" if family == COUNTER_FAMILY else "cells"
+                found = conn.execute(
+                    f"SELECT col, value FROM {table} WHERE user_id = ? AND col >= ? AND col < ?",
+                    (user_id, f"{family}:", f"{family};"),
+                ).fetchall()
+                (counters.extend if family == COUNTER_FAMILY else out.update)(found)
         out.update((col, encode_counter(value)) for col, value in counters)
         return out or None
 
@@ -175,6 +205,15 @@ class SqliteProfileStore(ProfileStore):
         conn.execute("DELETE FROM cells WHERE user_id = ?", (user_id,))
         conn.execute("DELETE FROM counters WHERE user_id = ?", (user_id,))
         conn.execute("COMMIT")
+
+    def ensure_schema(self) -> bool:
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        if existed:
+            with sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000) as probe:
+                names = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            existed = {"cells", "counters"} <= names
+        self._conn()  # creates what is missing
+        return not existed
 
     def count_users(self) -> int:
         return int(
@@ -210,6 +249,7 @@ class HBaseProfileStore(ProfileStore):
         self.batch_size = batch_size
         self.pool_size = pool_size
         self._pool = None
+        self._created = False
         self._lock = threading.Lock()
 
     def _connection(self):
@@ -223,15 +263,29 @@ class HBaseProfileStore(ProfileStore):
                         table_prefix=None, autoconnect=True,
                     )
                     with pool.connection() as conn:
-                        if self.table_name.encode() not in conn.tables():
-                            conn.create_table(
-                                self.table_name,
-                                {fam: {"max_versions": v} for fam, v in self.FAMILY_VERSIONS.items()},
-                            )
+                        self._created = self._create_table(conn)
                 except Exception as exc:  # thriftpy2 raises transport errors of several kinds
                     raise Unavailable(f"HBase Thrift server {self.host}:{self.port} is unreachable: {exc}") from exc
                 self._pool = pool
         return self._pool.connection()
+
+    def _create_table(self, conn) -> bool:
+        if self.table_name.encode() in conn.tables():
+            return False
+        try:
+            conn.create_table(self.table_name, {fam: {"max_versions": v} for fam, v in self.FAMILY_VERSIONS.items()})
+        except Exception:
+            # Another client (a Spark task, a Serve replica) created it in the meantime.
+            if self.table_name.encode() not in conn.tables():
+                raise
+            return False
+        return True
+
+    def ensure_schema(self) -> bool:
+        with self._lock:
+            self._pool = None  # a fresh pool re-checks the table
+        with self._connection():
+            return bool(self._created)
 
     def _key(self, user_id: str) -> bytes:
         from cluster.storage.keys import row_key
@@ -248,9 +302,17 @@ class HBaseProfileStore(ProfileStore):
                     users += 1
         return users
 
-    def read(self, user_id: str, columns: Sequence[str] | None = None) -> dict[str, bytes] | None:
+    def read(self, user_id: str, columns: Sequence[str] | None = None,
+             families: Sequence[str] | None = None) -> dict[str, bytes] | None:
+        cols = None
+        if columns is not None or families is not None:
+            cols = [c.encode() for c in columns or []]
+            for family in families or []:
+                _check_family(family)
+                cols.append(family.encode())  # a bare family name fetches the whole family
+            if not cols:
+                return None
         with self._connection() as conn:
-            cols = [c.encode() for c in columns] if columns is not None else None
             row = conn.table(self.table_name).row(self._key(user_id), columns=cols)
         return {k.decode(): v for k, v in row.items()} or None
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+
 import numpy as np
 
-from cluster.errors import InvalidArgument, NotFound
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError
 from cluster.storage import ProfileStore, decode_float, decode_str
 from protos.marketing.v1 import segment_pb2
-from ray_apps.registry import ModelVersion
+from ray_apps.registry import ModelRegistry, ModelVersion
 from ray_apps.segments.model import RFMSegmenter
 
-__all__ = ["SegmentLookup", "validate_user_id", "RFM_CELLS"]
+__all__ = ["SegmentLookup", "CurrentSegmentModel", "validate_user_id", "RFM_CELLS", "MODEL_NAME"]
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "segments"
 
 RFM_CELLS = ("f:rfm_recency_days", "f:rfm_frequency", "f:rfm_monetary", "f:rfm_as_of")
 
@@ -47,7 +54,14 @@ class SegmentLookup:
             NotFound: the user has no RFM features (unknown, or never purchased).
         """
         validate_user_id(user_id, self.max_user_id_length)
-        cells = self.store.read(user_id, RFM_CELLS)
+        return self.from_cells(user_id, self.store.read(user_id, RFM_CELLS) or {})
+
+    def from_cells(self, user_id: str, cells: dict[str, bytes]) -> segment_pb2.GetSegmentResponse:
+        """The segment for RFM cells already read from the store.
+
+        Raises:
+            NotFound: the cells hold no RFM features.
+        """
         if not cells or any(c not in cells for c in RFM_CELLS[:3]):
             raise NotFound(f"user {user_id!r} has no purchase history on the platform, so no segment")
         recency = decode_float(cells["f:rfm_recency_days"])
@@ -63,3 +77,54 @@ class SegmentLookup:
             as_of=decode_str(cells["f:rfm_as_of"]) if "f:rfm_as_of" in cells else "",
             model_version=self.version.ref,
         )
+
+
+class CurrentSegmentModel:
+    """The registry's current segments model, re-checked at most every ``refresh_s`` seconds.
+
+    A deployment made before any training (the cluster's platform role deploys at
+    provisioning) answers FAILED_PRECONDITION until ``pmkt train segments`` has run, then
+    picks the model up without a redeploy; a later training swaps it in the same way.
+    """
+
+    def __init__(self, registry: ModelRegistry, store: ProfileStore, *, refresh_s: float, max_user_id_length: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._registry = registry
+        self._store = store
+        self._refresh_s = refresh_s
+        self._max_len = max_user_id_length
+        self._clock = clock
+        self._lookup: SegmentLookup | None = None
+        self._checked_at: float | None = None
+        self.refresh()
+
+    def refresh(self, force: bool = False) -> None:
+        """Load the current version if it changed since the last check (rate-limited)."""
+        now = self._clock()
+        if not force and self._checked_at is not None and now - self._checked_at < self._refresh_s:
+            return
+        self._checked_at = now
+        try:
+            version = self._registry.current_version(MODEL_NAME)
+            if self._lookup is not None and self._lookup.version.version == version:
+                return
+            model, mv = self._registry.load(MODEL_NAME, version)
+        except NotFound:
+            return
+        except PlatformError as exc:  # registry unreachable: keep answering with what we have
+            log.warning("cannot check the model registry (keeping %s): %s",
+                        self._lookup.version.ref if self._lookup else "no model", exc.message)
+            return
+        self._lookup = SegmentLookup(self._store, model, mv, self._max_len)
+        log.info("serving segments model %s", mv.ref)
+
+    def lookup(self) -> SegmentLookup:
+        """The lookup for the current model.
+
+        Raises:
+            FailedPrecondition: no segments model has been trained yet.
+        """
+        self.refresh()
+        if self._lookup is None:
+            raise FailedPrecondition(f"no {MODEL_NAME} model has been trained yet: run `pmkt train {MODEL_NAME}`")
+        return self._lookup

@@ -20,11 +20,11 @@ from cluster.settings import Settings
 from cluster.storage import Zone, open_lake
 from ray_apps.registry import ModelRegistry, ModelVersion
 from ray_apps.segments.model import FEATURES, RFMSegmenter
+from ray_apps.segments.service import MODEL_NAME
 
 __all__ = ["load_rfm", "segment_trial", "train_segments", "MODEL_NAME"]
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "segments"
 Progress = Callable[[str, float], None]
 
 
@@ -61,9 +61,11 @@ def segment_trial(config: dict, data: np.ndarray, sample: np.ndarray, seed: int)
 
 
 def _tune_trainable(config: dict, data: np.ndarray, sample: np.ndarray, seed: int) -> None:
+    import ray
     from ray import tune
 
-    tune.report(segment_trial(config, data, sample, seed))
+    # Where the trial ran: the registry records how the search spread over the Ray nodes.
+    tune.report({**segment_trial(config, data, sample, seed), "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def train_segments(settings: Settings, *, smoke_test: bool = False, progress: Progress | None = None) -> ModelVersion:
@@ -118,7 +120,8 @@ def train_segments(settings: Settings, *, smoke_test: bool = False, progress: Pr
     if errors:
         raise FailedPrecondition(f"{len(errors)} of {len(ks)} segment trials failed; first: {errors[0]}")
     curve = sorted(
-        ({"k": r.metrics["k"], "silhouette": r.metrics["silhouette"], "inertia": r.metrics["inertia"]} for r in results),
+        ({"k": r.metrics["k"], "silhouette": r.metrics["silhouette"], "inertia": r.metrics["inertia"],
+          "node_id": r.metrics.get("node_id", "")} for r in results),
         key=lambda row: row["k"],
     )
     best = max(curve, key=lambda row: row["silhouette"])
@@ -129,6 +132,7 @@ def train_segments(settings: Settings, *, smoke_test: bool = False, progress: Pr
         "silhouette": best["silhouette"],
         "inertia": float(model.kmeans_.inertia_),
         "elbow": curve,
+        "trial_nodes": len({row["node_id"] for row in curve}),
         "users": int(len(data)),
         "segments": model.describe(),
         "as_of": meta["as_of"],

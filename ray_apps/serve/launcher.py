@@ -6,7 +6,7 @@ import logging
 
 from cluster.settings import Settings
 
-__all__ = ["start_serving", "APP_NAME"]
+__all__ = ["start_serving", "deploy", "delete", "app_status", "wait_for_model", "APP_NAME"]
 
 log = logging.getLogger(__name__)
 APP_NAME = "marketing"
@@ -36,6 +36,86 @@ def start_serving(settings: Settings) -> None:
     serve.run(build_segment_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
     log.info("serving on http://%s:%d and gRPC port %d", sv.http_host, sv.http_port, sv.grpc_port)
+
+
+def app_status(settings: Settings) -> str | None:
+    """The Serve application's status (``RUNNING``, ``DEPLOYING``, ...); None if not deployed."""
+    from ray import serve
+
+    from ray_apps.runtime import ensure_ray
+
+    ensure_ray(settings)
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - Serve not started on this cluster
+        log.debug("serve.status failed", exc_info=True)
+        return None
+    return str(app.status.value if hasattr(app.status, "value") else app.status) if app else None
+
+
+def deploy(settings: Settings, *, redeploy: bool = False) -> bool:
+    """Deploy the application on a running Ray cluster and return; it keeps serving after
+    this process exits. Idempotent: an application already RUNNING is left alone unless
+    ``redeploy`` (after an upgrade of the code or the settings).
+
+    Returns:
+        True if it (re)deployed, False if it was already running.
+
+    Raises:
+        FailedPrecondition: the settings name a private local Ray (it would die with this
+            process; use ``pmkt serve`` there).
+    """
+    from cluster.errors import FailedPrecondition
+
+    if settings.ray.address == "local":
+        raise FailedPrecondition(
+            "`serve deploy` needs a Ray cluster (ray.address); with a private local Ray the "
+            "application would stop with this command: run `pmkt serve` instead", field="ray.address")
+    if not redeploy and app_status(settings) == "RUNNING":
+        _wait_for_proxies(settings)
+        return False
+    start_serving(settings)
+    return True
+
+
+def delete(settings: Settings) -> bool:
+    """Remove the application from the cluster; True if there was one."""
+    from ray import serve
+
+    if app_status(settings) is None:
+        return False
+    serve.delete(APP_NAME)
+    return True
+
+
+def wait_for_model(settings: Settings, user_id: str, ref: str, timeout_s: float | None = None) -> None:
+    """Wait until the running application answers ``user_id`` with model ``ref``.
+
+    A deployed application re-reads the registry every ``serve.model_refresh_s`` seconds,
+    so a newly trained model reaches it without a redeploy, after at most about that long.
+
+    Raises:
+        Unavailable: it did not within ``timeout_s`` (default: 3 refresh intervals + 30 s).
+    """
+    import time
+
+    from cluster.errors import PlatformError, Unavailable
+    from ray_apps.client import MarketingClient
+
+    timeout_s = timeout_s if timeout_s is not None else settings.serve.model_refresh_s * 3 + 30
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    with MarketingClient.from_settings(settings, timeout_s=10) as client:
+        while time.monotonic() < deadline:
+            try:
+                got = client.get_segment(user_id).model_version
+                if got == ref:
+                    return
+                last = f"it answered with {got}"
+            except PlatformError as exc:
+                last = f"{type(exc).__name__}: {exc.message}"
+            time.sleep(1)
+    raise Unavailable(f"the Serve application did not switch to model {ref} within {timeout_s:.0f}s ({last})")
 
 
 def _wait_for_proxies(settings: Settings, timeout_s: float = 60.0) -> None:

@@ -19,7 +19,7 @@ from cluster.settings import Settings, load_settings
 from cluster.storage import open_lake, open_profile_store
 from protos.marketing.v1 import segment_pb2
 from ray_apps.registry import ModelRegistry
-from ray_apps.segments.service import SegmentLookup
+from ray_apps.segments.service import CurrentSegmentModel
 from ray_apps.serve.errors import grpc_method, install_http_error_handlers
 
 __all__ = ["build_app", "build_segment_app", "SegmentDeployment", "GRPC_SERVICERS"]
@@ -40,29 +40,33 @@ install_http_error_handlers(http_app)
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(http_app)
 class SegmentDeployment:
-    """Adapts requests to :class:`SegmentLookup`; holds the store and the current model."""
+    """Adapts requests to :class:`SegmentLookup`; holds the store and the current model.
+
+    The current model is the registry's ``current.json``. Each replica checks it at most
+    every ``serve.model_refresh_s`` seconds and swaps in a newly trained version, so a
+    deployment made before any training (the cluster's platform role deploys at provisioning)
+    starts answering once ``pmkt train segments`` has run, without a redeploy.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        registry = ModelRegistry(open_lake(settings))
-        model, version = registry.load("segments")
-        self._lookup = SegmentLookup(
-            open_profile_store(settings), model, version, settings.serve.max_user_id_length
+        self._model = CurrentSegmentModel(
+            ModelRegistry(open_lake(settings)), open_profile_store(settings),
+            refresh_s=settings.serve.model_refresh_s, max_user_id_length=settings.serve.max_user_id_length,
         )
-        log.info("serving segments model %s", version.ref)
 
     @grpc_method(segment_pb2.GetSegmentResponse)
     async def GetSegment(self, request: segment_pb2.GetSegmentRequest) -> segment_pb2.GetSegmentResponse:
-        return self._lookup.get(request.user_id)
+        return self._model.lookup().get(request.user_id)
 
     @http_app.get(
         "/v1/users/{user_id}/segment",
         summary="The user's segment",
-        responses={404: {"description": "unknown user or no purchase history"}, 422: {"description": "bad user_id"}},
+        responses={404: {"description": "unknown user or no purchase history"}, 422: {"description": "bad user_id"},
+                   409: {"description": "no segments model trained yet"}},
     )
     def get_segment_http(self, user_id: str) -> dict[str, Any]:
         return MessageToDict(
-            self._lookup.get(user_id), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            self._model.lookup().get(user_id), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
 
 

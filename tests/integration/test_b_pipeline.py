@@ -1,9 +1,13 @@
-"""The slice on the cluster: raw files to HDFS, Spark standalone, Tune on the Ray cluster,
-Serve answering from HBase."""
+"""`pmkt demo` on the cluster: raw files to HDFS, Spark standalone, Tune spread over the
+Ray nodes, and the Serve application deployed at provisioning answering from HBase."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,28 +16,47 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def pipeline(cluster_settings, tmp_path_factory):
-    from cluster.datagen import generate
-    from ray_apps.runtime import shutdown_ray
-    from ray_apps.segments.tune import train_segments
-    from ray_apps.serve.launcher import start_serving
-    from spark_jobs import ingest, rfm
-    from spark_jobs.session import get_spark, stop_spark
+    """`pmkt demo` against the cluster as `pmkt cluster up` left it: the platform role created
+    the HBase table and deployed the Serve application, which must pick the demo's model up
+    from the registry by itself."""
+    from cluster.errors import FailedPrecondition, NotFound
+    from cluster.storage import Zone, open_lake
+    from ray_apps.client import MarketingClient
+    from ray_apps.registry import ModelRegistry
 
-    stop_spark()  # a local session from other tests would be reused by getOrCreate
-    data = tmp_path_factory.mktemp("cluster-slice") / "input"
-    generate(data, users=1500, days=90, seed=5)
-    spark = get_spark(cluster_settings, "pmkt-itest")
-    assert spark.sparkContext.master == cluster_settings.spark.master
-    report = ingest.main(cluster_settings, data)
-    rfm_meta = rfm.main(cluster_settings)
-    stop_spark()
-    model = train_segments(cluster_settings, smoke_test=True)
-    start_serving(cluster_settings)
-    try:
-        yield {"data": data, "report": report, "rfm": rfm_meta, "model": model,
-               "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8"))}
-    finally:
-        shutdown_ray()
+    lake = open_lake(cluster_settings)
+    untrained = not ModelRegistry(lake).versions("segments")
+    before = None
+    if untrained:  # a fresh cluster: the deployed application waits for a model
+        with MarketingClient.from_settings(cluster_settings, timeout_s=10) as client:
+            try:
+                client.get_segment("anyone")
+            except (FailedPrecondition, NotFound) as exc:
+                before = type(exc).__name__
+    work = tmp_path_factory.mktemp("cluster-demo")
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("pmkt")), "--settings", str(cluster_settings.source), "demo",
+         "--users", "1500", "--days", "90", "--seed", "5", "--smoke-test"],
+        cwd=work, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    registry = ModelRegistry(lake)
+    yield {
+        "stdout": proc.stdout,
+        "report": lake.read_json(Zone.REPORTS, "ingest", "latest.json"),
+        "rfm": lake.read_json(Zone.FEATURES, "rfm", "latest.json"),
+        "model": registry.get("segments"),
+        "untrained": untrained,
+        "before": before,
+        "manifest": json.loads((work / "var" / "demo-input" / "_truth" / "manifest.json").read_text(encoding="utf-8")),
+    }
+
+
+def test_the_provisioned_application_waits_for_a_model(pipeline):
+    if not pipeline["untrained"]:
+        pytest.skip("this cluster already had a segments model before the test")
+    assert pipeline["before"] == "FailedPrecondition"
 
 
 def test_raw_files_land_in_hdfs_and_reconcile(cluster_settings, pipeline):
@@ -48,9 +71,11 @@ def test_raw_files_land_in_hdfs_and_reconcile(cluster_settings, pipeline):
         assert {k: got[k] for k in expected} == expected
 
 
-def test_tune_trials_ran_on_the_ray_cluster(pipeline):
-    assert pipeline["model"].metrics["elbow"], "no trial results"
-    assert [r["k"] for r in pipeline["model"].metrics["elbow"]] == [2, 3, 4]
+def test_tune_trials_spread_over_the_ray_nodes(pipeline):
+    elbow = pipeline["model"].metrics["elbow"]
+    assert [r["k"] for r in elbow] == [2, 3, 4]
+    # One CPU per node and one per trial: three trials cannot all run on one node.
+    assert pipeline["model"].metrics["trial_nodes"] >= 2, elbow
 
 
 def test_serve_answers_from_hbase(cluster_settings, pipeline):

@@ -76,3 +76,29 @@ def test_lookup_invalid_argument_names_field(lookup, uid):
         lookup.get(uid)
     assert err.value.field == "user_id"
     assert err.value.grpc_status_code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.http_status_code() == 422
+
+
+def test_current_model_waits_for_training_then_follows_new_versions(tmp_path):
+    from cluster.errors import FailedPrecondition
+    from ray_apps.segments.service import CurrentSegmentModel
+
+    reg = ModelRegistry(LocalLake(tmp_path / "lake"))
+    store = SqliteProfileStore(tmp_path / "p.sqlite")
+    store.write_batch([("u1", {"f:rfm_recency_days": 3, "f:rfm_frequency": 12, "f:rfm_monetary": 500.0})])
+    now = [0.0]
+    current = CurrentSegmentModel(reg, store, refresh_s=30, max_user_id_length=64, clock=lambda: now[0])
+    with pytest.raises(FailedPrecondition, match="pmkt train segments"):
+        current.lookup()
+
+    reg.register("segments", _model(0), metrics={}, params={}, feature_run_id="r1")
+    now[0] = 10.0  # within the refresh interval: not re-checked yet
+    with pytest.raises(FailedPrecondition):
+        current.lookup()
+    now[0] = 31.0
+    assert current.lookup().get("u1").model_version == "segments/v0001"
+
+    reg.register("segments", _model(1), metrics={}, params={}, feature_run_id="r2")
+    now[0] = 40.0
+    assert current.lookup().get("u1").model_version == "segments/v0001"
+    now[0] = 62.0
+    assert current.lookup().get("u1").model_version == "segments/v0002"

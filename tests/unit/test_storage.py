@@ -36,3 +36,10 @@ def test_lake_uri_keeps_partition_names_readable(tmp_path):
 def test_lake_paths_stay_inside(tmp_path, bad):
     with pytest.raises(ValueError):
         LocalLake(tmp_path).read_bytes(bad)
+
+
+def test_sqlite_ensure_schema_creates_once(tmp_path):
+    store = SqliteProfileStore(tmp_path / "fresh" / "p.sqlite")
+    assert store.ensure_schema() is True
+    assert store.ensure_schema() is False
+    assert SqliteProfileStore(tmp_path / "fresh" / "p.sqlite").ensure_schema() is False
