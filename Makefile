@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench clean distclean
+.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench bench-events bench-features clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,8 +49,16 @@ lint-ansible: install ## ansible-lint (production profile, offline) on ansible/.
 test-unit: install ## Unit tests only (nothing running needed).
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: install ## Benchmarks: GetSegment latency through Ray Serve vs a plain grpcio server.
+bench: install ## All benchmarks (each prints figures and a ratio against a baseline run in the same process).
 	$(BIN)/python tests/benchmarks/bench_segment_grpc.py
+	$(BIN)/python tests/benchmarks/bench_events.py
+	$(BIN)/python tests/benchmarks/bench_features.py
+
+bench-events: install ## Real-time intake: events/s through Serve vs in-process, acceptance -> visible p99.
+	$(BIN)/python tests/benchmarks/bench_events.py
+
+bench-features: install ## Spark feature build on 1 M and 5 M events (local[2]) vs a pandas baseline.
+	$(BIN)/python tests/benchmarks/bench_features.py
 
 clean: ## Remove generated data (var/) and caches; keeps .venv.
 	rm -rf var .pytest_cache protos/.generated-*

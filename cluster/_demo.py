@@ -129,7 +129,7 @@ def run_demo(
 def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dict:
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import deploy, start_serving, wait_for_model
-    from spark_jobs import ingest, rfm
+    from spark_jobs import clv, ingest, profiles, rfm, tags
     from spark_jobs.session import stop_spark
 
     if input_dir is None:
@@ -138,6 +138,15 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
         report = timed("ingest", ingest.main, settings, input_dir, progress=progress)
     with progress_bar("rfm") as progress:
         rfm_meta = timed("rfm", rfm.main, settings, progress=progress)
+    with progress_bar("clv") as progress:
+        clv_meta = timed("clv", clv.main, settings, progress=progress)
+    t = settings.tags
+    with progress_bar("tags") as progress:
+        tags_meta = timed("tags", tags.main, settings, progress=progress, top_k=t.top_k, last_viewed=t.last_viewed,
+                          abandon_window_hours=t.abandon_window_hours, tfidf_top_k=t.tfidf_top_k,
+                          half_life_days=t.half_life_days, weights=t.action_weights)
+    with progress_bar("profiles") as progress:
+        profiles_meta = timed("profiles", profiles.main, settings, progress=progress)
     sample_users = _sample_users(settings, rfm_meta)
     stop_spark()  # frees the driver JVM before Ray starts
     with progress_bar("train segments") as progress:
@@ -155,7 +164,33 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
             timed("model pickup", wait_for_model, settings, sample_users[0], model.ref)
         progress("application healthy", 1.0)
     calls = timed("api calls", call_api, settings, sample_users)
-    return {"report": report, "rfm": rfm_meta, "model": model, "calls": calls}
+    calls["profile"], calls["events"] = timed("profile + events", _profile_and_events, settings, sample_users[0])
+    return {"report": report, "rfm": rfm_meta, "clv": clv_meta, "tags": tags_meta, "profiles": profiles_meta,
+            "model": model, "calls": calls}
+
+
+def _profile_and_events(settings: Settings, user_id: str):
+    """GetProfile for one user, then a batch of events (one bad) and the counters it moved."""
+    import secrets
+
+    from ray_apps.client import MarketingClient
+
+    tag = secrets.token_hex(3)
+    with MarketingClient.from_settings(settings, timeout_s=10.0) as client:
+        profile = client.get_profile(user_id)
+        before = dict(profile.counters)
+        result = client.track_events([
+            {"event_id": f"demo-{tag}-1", "user_id": user_id, "ts": "2026-06-30 10:00:00", "action": "view",
+             "category": "手机"},
+            {"event_id": f"demo-{tag}-2", "user_id": user_id, "ts": "2026-06-30 10:00:05", "action": "cart",
+             "category": "手机"},
+            {"event_id": f"demo-{tag}-3", "user_id": user_id, "ts": "not a time", "action": "view"},
+        ])
+        after = dict(client.get_profile(user_id, ["counters"]).counters)
+    moved = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    if result.accepted != 2 or moved.get("view") != 1 or moved.get("cart") != 1:
+        raise FailedPrecondition(f"real-time intake misbehaved: {result} moved {moved}")
+    return profile, {"result": result, "moved": moved}
 
 
 def _sample_users(settings: Settings, rfm_meta: dict, n: int = 5) -> list[str]:
@@ -188,6 +223,20 @@ def _print_summary(summary: dict, timings: dict[str, float], peak_mib: float) ->
     for transport, row in calls["latency_ms"].items():
         lat.add_row(transport, str(row["calls"]), f"{row['p50']:.2f}", f"{row['p99']:.2f}")
     console.print(lat)
+    p = calls["profile"]
+    console.print(f"GetProfile {p.user_id}: {p.attributes.gender or '-'} {p.attributes.age_band or '-'} "
+                  f"{p.attributes.city or '-'} phone {p.attributes.phone_masked or '-'}; consent sms={p.consent.sms} "
+                  f"push={p.consent.push} email={p.consent.email}; segment {p.segment.segment_name or '-'}; "
+                  f"CLV {p.scores.clv_predicted:,.2f} (P(alive) {p.scores.p_alive:.2f}); top tags "
+                  + ", ".join(f"{t.tag} {t.weight:.2f}" for t in p.tags[:3]), highlight=False)
+    ev = calls["events"]
+    console.print(f"TrackEvents: {ev['result'].accepted} accepted, "
+                  + ", ".join(f"#{r.index} rejected ({r.reason}, field {r.field})" for r in ev["result"].rejected)
+                  + f"; counters moved {ev['moved']}", highlight=False)
+    clv_p = summary["clv"]["params"]
+    console.print(f"CLV fit on {summary['clv']['users']:,} customers: BG/NBD r={clv_p['r']:.3f} alpha={clv_p['alpha']:.2f} "
+                  f"a={clv_p['a']:.3f} b={clv_p['b']:.3f}; Gamma-Gamma p={clv_p['p']:.2f} q={clv_p['q']:.2f} "
+                  f"v={clv_p['v']:.2f}; {summary['profiles']['profiles']:,} profiles built", highlight=False)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
     console.print(f"wall time {timings['total']:.1f}s ({steps}); peak memory of the demo's process tree "
                   f"{peak_mib:,.0f} MiB")

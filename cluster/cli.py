@@ -131,6 +131,87 @@ def ingest_cmd(c: _Ctx, input_dir: Path, report_path: Path | None, run_id: str |
     console.print(ingest.format_report(report), highlight=False)
 
 
+# -- privacy ------------------------------------------------------------------------------
+@cli.group("privacy")
+def privacy_group() -> None:
+    """Personal data: the encryption keys and lawful access (docs/privacy.md)."""
+
+
+@privacy_group.command("init-key", short_help="Create the key file (a random key, mode 0600) unless it exists.")
+@click.option("--key-id", default="k1", show_default=True, help="Id of the new key (letters, digits, _ or -).")
+@pass_ctx
+def privacy_init_key(c: _Ctx, key_id: str) -> None:
+    """Create privacy.key_file with one random AES-256 key (mode 0600), unless it exists.
+
+    Running it again changes nothing. The key itself is never printed.
+    """
+    import os
+
+    from cluster.errors import ConfigError, InvalidArgument
+    from cluster.privacy import init_key_file, load_key_file
+
+    privacy = c.settings.privacy
+    if privacy.key_file is None:
+        raise ConfigError("privacy.key_file is not set: name the file to create in the settings",
+                          field="privacy.key_file")
+    try:
+        created = init_key_file(privacy.key_file, key_id=key_id)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), field="key_id") from None
+    ring = load_key_file(privacy.key_file, privacy.active_key_id)  # read back as ingest will
+    what = "created" if created else "exists, left unchanged"
+    console.print(f"key file {privacy.key_file}: {what} (keys: {', '.join(ring.key_ids)}; "
+                  f"active: {ring.active_key_id})", highlight=False)
+    if os.environ.get(privacy.key_env, "").strip():
+        err_console.print(f"note: {privacy.key_env} is set, and its keys are used instead of this file")
+
+
+@privacy_group.command("forget")
+@click.argument("user_id")
+@click.option("--reason", default="data subject request", show_default=True,
+              help="Recorded in the tombstone (a ticket reference, never personal data).")
+@pass_ctx
+def privacy_forget(c: _Ctx, user_id: str, reason: str) -> None:
+    """Forget USER_ID (right to erasure): delete the profile and counters and record a tombstone,
+    so every later build leaves the user out and real-time events for them are rejected.
+    Idempotent. The raw zone keeps the delivered rows; builds skip them."""
+    from cluster.forget import forget
+
+    new = forget(c.settings, user_id, reason)
+    console.print(f"{user_id}: {'forgotten' if new else 'already forgotten; profile deleted again'}", highlight=False)
+
+
+@privacy_group.command("reveal-id", short_help="Print a user's ID number: DSAR and legal requests only.")
+@click.argument("user_id")
+@click.option("--reason", required=True,
+              help="The DSAR or legal request this answers (its reference); kept in the audit record.")
+@pass_ctx
+def privacy_reveal_id(c: _Ctx, user_id: str, reason: str) -> None:
+    """Print USER_ID's ID number, decrypted: only for data-subject access and legal requests.
+
+    Needs the keys (privacy settings). Every call leaves an audit record in the lake
+    (reports/privacy/reveal/), the ID number excepted.
+    """
+    from cluster.privacy import reveal_id_numbers
+
+    for value in reveal_id_numbers(c.settings, user_id, reason):
+        click.echo(value)
+
+
+@cli.command("clean")
+@click.option("--run-id", help="Run id (default: a new UTC timestamp id).")
+@pass_ctx
+def clean_cmd(c: _Ctx, run_id: str | None) -> None:
+    """Clean the raw zone after ingest: de-duplicate, flag or cap IQR outliers, impute missing
+    values (mean, median, KNN, per column: settings cleaning.rules), and build the user feature
+    table where never-purchasing users get the maximum recency. Prints the cleaning report."""
+    from spark_jobs import clean
+
+    with progress_bar("clean") as progress:
+        report = clean.main(c.settings, run_id=run_id, progress=progress)
+    console.print(clean.format_report(report), highlight=False)
+
+
 # -- features -----------------------------------------------------------------------------
 @cli.group("features")
 def features_group() -> None:
@@ -147,6 +228,71 @@ def features_rfm(c: _Ctx, as_of) -> None:
     with progress_bar("rfm") as progress:
         meta = rfm.main(c.settings, as_of=as_of.date() if as_of else None, progress=progress)
     console.print(f"RFM run {meta['run_id']}: {meta['users']:,} users as of {meta['as_of']} -> {meta['path']}")
+
+
+@features_group.command("clv")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="As-of day (default: day after the last order).")
+@pass_ctx
+def features_clv(c: _Ctx, as_of) -> None:
+    """Customer lifetime value: historic, and BG/NBD + Gamma-Gamma predicted (settings: clv.*)."""
+    from spark_jobs import clv
+
+    with progress_bar("clv") as progress:
+        meta = clv.main(c.settings, as_of=as_of.date() if as_of else None, progress=progress)
+    p = meta["params"]
+    console.print(f"CLV run {meta['run_id']}: {meta['users']:,} users ({meta['repeat_customers']:,} repeat) as of "
+                  f"{meta['as_of']}; BG/NBD r={p['r']:.3f} alpha={p['alpha']:.3f} a={p['a']:.3f} b={p['b']:.3f}, "
+                  f"Gamma-Gamma p={p['p']:.3f} q={p['q']:.3f} v={p['v']:.3f} -> {meta['path']}", highlight=False)
+
+
+@features_group.command("tags")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="As-of day (default: day after the last order).")
+@pass_ctx
+def features_tags(c: _Ctx, as_of) -> None:
+    """Behaviour tags, TF-IDF tag weights and the user-item interaction matrix (settings: tags.*)."""
+    from spark_jobs import tags
+
+    t = c.settings.tags
+    with progress_bar("tags") as progress:
+        meta = tags.main(c.settings, as_of=as_of.date() if as_of else None, progress=progress, top_k=t.top_k,
+                         last_viewed=t.last_viewed, abandon_window_hours=t.abandon_window_hours,
+                         tfidf_top_k=t.tfidf_top_k, half_life_days=t.half_life_days, weights=t.action_weights)
+    console.print(f"tags run {meta['run_id']}: {meta['users']:,} users, {meta['tag_weights']:,} tag weights, "
+                  f"{meta['interactions']:,} interactions over {meta['items']:,} items (as of {meta['as_of']})",
+                  highlight=False)
+
+
+@features_group.command("tables")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Cut-off day (default: day after the last record).")
+@pass_ctx
+def features_tables(c: _Ctx, as_of) -> None:
+    """CTR training table (impressions + user/ad features, time split) and churn table
+    (tenure, churned after training_tables.inactivity_days, censoring)."""
+    from spark_jobs import training_tables
+
+    t = c.settings.training_tables
+    with progress_bar("training tables") as progress:
+        meta = training_tables.main(
+            c.settings, as_of=as_of.date() if as_of else None, progress=progress, inactivity_days=t.inactivity_days,
+            hash_buckets=t.hash_buckets, min_count=t.min_count, test_fraction=t.test_fraction,
+            lookback_days=t.lookback_days, ctr_prior=t.ctr_prior)
+    ctr, churn = meta["ctr"], meta["churn"]
+    console.print(f"training tables run {meta['run_id']} as of {meta['as_of']}: CTR {ctr['rows']:,} impressions "
+                  f"(click rate {(ctr['positive_rate'] or 0) * 100:.2f}%); churn {churn['users']:,} users "
+                  f"(churned {(churn['churn_rate'] or 0) * 100:.1f}%, censored {(churn['censoring_rate'] or 0) * 100:.1f}%)",
+                  highlight=False)
+
+
+@features_group.command("profiles")
+@pass_ctx
+def features_profiles(c: _Ctx) -> None:
+    """360° profiles in bulk: users (masked), RFM, CLV and tags -> the profile store."""
+    from spark_jobs import profiles
+
+    with progress_bar("profiles") as progress:
+        meta = profiles.main(c.settings, progress=progress)
+    console.print(f"profiles run {meta['run_id']}: {meta['profiles']:,} profiles written (as of {meta['as_of']})",
+                  highlight=False)
 
 
 # -- train --------------------------------------------------------------------------------

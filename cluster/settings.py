@@ -32,7 +32,13 @@ __all__ = [
     "RaySettings",
     "ServeSettings",
     "IngestSettings",
+    "PrivacySettings",
     "SegmentSettings",
+    "EventSettings",
+    "ClvSettings",
+    "TagSettings",
+    "CleaningSettings",
+    "TrainingTableSettings",
     "ClusterSettings",
     "PROFILES_DIR",
     "load_settings",
@@ -197,6 +203,34 @@ class IngestSettings(_Model):
         return value
 
 
+class PrivacySettings(_Model):
+    """Where the keys that encrypt personal data come from (docs/privacy.md).
+
+    The settings name the key sources, never hold a key: ``pmkt settings show`` prints them.
+    """
+
+    # -- environment variable holding the keys, "key_id:base64,key_id:base64" (wins over key_file)
+    key_env: str = Field("PMKT_PII_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # -- key file, one "key_id:base64" per line; must not be readable by group or others
+    key_file: Path | None = None
+    # -- key that encrypts; default the first key listed (every listed key decrypts)
+    active_key_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    # -- create key_file with one random key when it is absent (embedded profile; never on a cluster)
+    create_key_file: bool = False
+
+    @field_validator("key_file", "active_key_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # ``key_file: ${PMKT_PII_KEY_FILE:-}`` with the variable unset means "no key file", not ".".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _creation_needs_a_file(self) -> "PrivacySettings":
+        if self.create_key_file and self.key_file is None:
+            raise ValueError("privacy.create_key_file is true but privacy.key_file is not set")
+        return self
+
+
 class SegmentSettings(_Model):
     """K-means segmentation search space."""
 
@@ -211,6 +245,108 @@ class SegmentSettings(_Model):
         if self.k_max < self.k_min:
             raise ValueError("k_max must be >= k_min")
         return self
+
+
+class ClvSettings(_Model):
+    """Customer lifetime value: BG/NBD + Gamma-Gamma (docs/features-clv.md)."""
+
+    # -- time unit of recency/T and of the fit
+    unit: Literal["days", "weeks"] = "days"
+    # -- horizon of clv_predicted and expected_purchases
+    horizon_days: int = Field(365, ge=1)
+    # -- discount rate per 30 days (lifetimes' convention)
+    monthly_discount_rate: float = Field(0.01, ge=0, lt=1)
+    # -- L2 penalty of both fits; 0 = maximum likelihood (small values move Gamma-Gamma a lot)
+    penalizer: float = Field(0.0, ge=0)
+
+
+class TagSettings(_Model):
+    """Behaviour tags, TF-IDF weights and the interaction matrix (docs/features-tags.md)."""
+
+    # -- categories and brands kept per user
+    top_k: int = Field(3, ge=1)
+    # -- most recent distinct viewed categories kept per user
+    last_viewed: int = Field(5, ge=1)
+    # -- hours a cart has to be bought in before it counts as abandoned (7-day look-back)
+    abandon_window_hours: float = Field(24.0, gt=0, lt=168)
+    # -- tags kept per user in t:tfidf_top
+    tfidf_top_k: int = Field(10, ge=1)
+    # -- half-life in days of TF-IDF time decay; null = no decay (the article's formula)
+    half_life_days: float | None = Field(None, gt=0)
+    # -- weight of each action in the top-category/brand score (contract actions or "order")
+    action_weights: dict[str, float] = Field(default_factory=lambda: {
+        "view": 1.0, "click": 2.0, "favorite": 3.0, "cart": 3.0, "order": 5.0})
+
+    @field_validator("action_weights")
+    @classmethod
+    def _known_actions(cls, value: dict[str, float]) -> dict[str, float]:
+        from cluster.contract import ACTIONS
+
+        unknown = sorted(set(value) - set(ACTIONS) - {"order"})
+        if unknown:
+            raise ValueError(f"unknown action(s) {unknown}; use contract actions or 'order'")
+        if any(w < 0 for w in value.values()):
+            raise ValueError("weights must be >= 0")
+        return value
+
+
+class CleaningRuleSettings(_Model):
+    """How one numeric column is cleaned (spark_jobs/clean.py ColumnRule)."""
+
+    impute: Literal["none", "mean", "median", "knn", "max", "zero"] = "none"
+    knn_k: int = Field(5, ge=1)
+    outlier: Literal["none", "flag", "cap"] = "none"
+    iqr_k: float = Field(1.5, ge=0)
+    log_scale: bool = False
+
+
+class CleaningSettings(_Model):
+    """The cleaning job after ingest (docs/cleaning.md)."""
+
+    # -- 0 = exact quartiles/medians; e.g. 0.001 -> percentile_approx
+    relative_error: float = Field(0.0, ge=0, lt=1)
+    # -- KNN donors: a deterministic sample of at most this many complete rows
+    knn_fit_rows: int = Field(5000, ge=1)
+    # -- rows to fill by KNN on the driver; more fails clearly
+    knn_max_rows: int = Field(50_000, ge=1)
+    seed: int = 42
+    # -- table -> column -> rule; a table given here replaces that table's defaults
+    rules: dict[Literal["orders", "users", "user_features"], dict[str, CleaningRuleSettings]] = Field(
+        default_factory=dict)
+
+
+class TrainingTableSettings(_Model):
+    """CTR and churn training tables (docs/features-training-tables.md)."""
+
+    # -- churn window W: no activity for more than W days before the observation end = churned
+    inactivity_days: int = Field(90, ge=1)
+    # -- size of the hashed block of the CTR feature vector
+    hash_buckets: int = Field(16384, ge=1)
+    # -- train occurrences a category needs for a one-hot slot of its own
+    min_count: int = Field(5, ge=1)
+    # -- share of the latest impressions (by time) held out for testing
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    # -- window of the recent-events features, days
+    lookback_days: int = Field(30, ge=1)
+    # -- pseudo-impressions shrinking the churn table's per-user ad CTR
+    ctr_prior: float = Field(20.0, ge=0)
+
+
+class EventSettings(_Model):
+    """Real-time event intake (EventService / POST /v1/events)."""
+
+    # -- most events in one request
+    max_batch: int = Field(1000, ge=1)
+    # -- buffered events are appended to the lake once this many wait ...
+    flush_rows: int = Field(5000, ge=1)
+    # -- ... or the oldest has waited this long (seconds)
+    flush_s: float = Field(10.0, gt=0)
+    # -- events stamped further than this in the future are rejected (clock skew allowance)
+    max_future_s: float = Field(300.0, ge=0)
+    # -- event ids a replica remembers to drop re-sent events
+    dedup_window: int = Field(100_000, ge=0)
+    # -- seconds a replica caches the list of forgotten users
+    tombstone_ttl_s: float = Field(30.0, gt=0)
 
 
 class ClusterSettings(_Model):
@@ -238,7 +374,13 @@ class Settings(_Model):
     ray: RaySettings = RaySettings()
     serve: ServeSettings = ServeSettings()
     ingest: IngestSettings = IngestSettings()
+    privacy: PrivacySettings = PrivacySettings()
     segments: SegmentSettings = SegmentSettings()
+    events: EventSettings = EventSettings()
+    clv: ClvSettings = ClvSettings()
+    tags: TagSettings = TagSettings()
+    cleaning: CleaningSettings = CleaningSettings()
+    training_tables: TrainingTableSettings = TrainingTableSettings()
     cluster: ClusterSettings = ClusterSettings()
     # -- the file these settings came from (set by load_settings)
     source: Path | None = None
@@ -294,6 +436,9 @@ def _absolutise(settings: Settings, cwd: Path) -> Settings:
                 update={"sqlite_path": fix(settings.profile_store.sqlite_path)}
             ),
             "ray": settings.ray.model_copy(update={"tune_storage": fix(settings.ray.tune_storage)}),
+            "privacy": settings.privacy.model_copy(
+                update={"key_file": None if settings.privacy.key_file is None else fix(settings.privacy.key_file)}
+            ),
         }
     )
 

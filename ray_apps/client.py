@@ -1,7 +1,10 @@
 """A typed Python client for the platform's API, over gRPC (default) or HTTP.
 
     client = MarketingClient.from_settings(load_settings())
-    seg = client.get_segment("u000001")     # segment_pb2.GetSegmentResponse
+    seg = client.get_segment("u000001")                  # segment_pb2.GetSegmentResponse
+    prof = client.get_profile("u000001", ["attributes"])  # profile_pb2.Profile
+    res = client.track_events([{"event_id": "e1", "user_id": "u000001", "ts": "1767225600000",
+                                "action": "view", "category": "手机"}])
 
 Errors come back as the platform's own exceptions (NotFound, InvalidArgument, ...), so a
 caller handles one hierarchy whatever the transport. UNAVAILABLE is retried with backoff.
@@ -26,7 +29,14 @@ from cluster.errors import (
     Unavailable,
 )
 from cluster.settings import Settings
-from protos.marketing.v1 import segment_pb2, segment_pb2_grpc
+from protos.marketing.v1 import (
+    events_pb2,
+    events_pb2_grpc,
+    profile_pb2,
+    profile_pb2_grpc,
+    segment_pb2,
+    segment_pb2_grpc,
+)
 
 __all__ = ["MarketingClient"]
 
@@ -64,10 +74,16 @@ class MarketingClient:
         return cls(f"{sv.grpc_client_host}:{sv.grpc_port}", f"http://{sv.http_client_host}:{sv.http_port}", **kwargs)
 
     # -- plumbing -----------------------------------------------------------------------
-    def _stub(self) -> segment_pb2_grpc.SegmentServiceStub:
+    _STUBS = {
+        "GetSegment": segment_pb2_grpc.SegmentServiceStub,
+        "GetProfile": profile_pb2_grpc.ProfileServiceStub,
+        "TrackEvents": events_pb2_grpc.EventServiceStub,
+    }
+
+    def _stub(self, method: str) -> Any:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.grpc_target)
-        return segment_pb2_grpc.SegmentServiceStub(self._channel)
+        return self._STUBS[method](self._channel)
 
     def _client(self) -> httpx.Client:
         if self._http is None:
@@ -89,26 +105,33 @@ class MarketingClient:
     def _grpc(self, method: str, request: Any) -> Any:
         def call() -> Any:
             try:
-                return getattr(self._stub(), method)(request, timeout=self.timeout_s)
+                return getattr(self._stub(method), method)(request, timeout=self.timeout_s)
             except grpc.RpcError as err:
                 code = err.code()
                 raise _FROM_GRPC.get(code, PlatformError)(f"{method}: {code.name}: {err.details()}") from None
 
         return self._retrying(call)
 
-    def _get_json(self, path: str) -> dict[str, Any]:
+    def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._http_json("GET", path, params=params)
+
+    def _http_json(self, verb: str, path: str, *, params: dict[str, str] | None = None,
+                   body: Any = None) -> dict[str, Any]:
         def call() -> dict[str, Any]:
             try:
-                resp = self._client().get(path)
+                resp = self._client().request(verb, path, params=params, json=body)
             except httpx.TransportError as exc:
-                raise Unavailable(f"GET {path}: {exc}") from None
+                raise Unavailable(f"{verb} {path}: {exc}") from None
             if resp.status_code == 200:
                 return resp.json()
+            field = None
             try:
-                message = resp.json()["error"]["message"]
+                error = resp.json()["error"]
+                message, field = error["message"], error.get("field")
             except (ValueError, KeyError, TypeError):
                 message = resp.text[:200]
-            raise _FROM_HTTP.get(resp.status_code, PlatformError)(f"GET {path}: {resp.status_code}: {message}")
+            raise _FROM_HTTP.get(resp.status_code, PlatformError)(
+                f"{verb} {path}: {resp.status_code}: {message}", field=field)
 
         return self._retrying(call)
 
@@ -121,6 +144,29 @@ class MarketingClient:
         """``GET /v1/users/{user_id}/segment``, parsed into the same message type."""
         body = self._get_json(f"/v1/users/{quote(user_id, safe='')}/segment")
         return ParseDict(body, segment_pb2.GetSegmentResponse())
+
+    def get_profile(self, user_id: str, fields: list[str] | None = None) -> profile_pb2.Profile:
+        """ProfileService.GetProfile over gRPC; ``fields`` limits the top-level fields."""
+        request = profile_pb2.GetProfileRequest(user_id=user_id)
+        request.field_mask.paths.extend(fields or [])
+        return self._grpc("GetProfile", request)
+
+    def get_profile_http(self, user_id: str, fields: list[str] | None = None) -> profile_pb2.Profile:
+        """``GET /v1/users/{user_id}/profile?fields=...``, parsed into the same message type."""
+        params = {"fields": ",".join(fields)} if fields else None
+        body = self._get_json(f"/v1/users/{quote(user_id, safe='')}/profile", params)
+        return ParseDict(body, profile_pb2.Profile())
+
+    def track_events(self, events: list[dict[str, Any]]) -> events_pb2.TrackEventsResponse:
+        """EventService.TrackEvents over gRPC (re-sent event ids are not counted twice)."""
+        request = events_pb2.TrackEventsRequest(
+            events=[events_pb2.Event(**{k: str(v) for k, v in e.items() if v is not None}) for e in events])
+        return self._grpc("TrackEvents", request)
+
+    def track_events_http(self, events: list[dict[str, Any]]) -> events_pb2.TrackEventsResponse:
+        """``POST /v1/events``, parsed into the same message type."""
+        return ParseDict(self._http_json("POST", "/v1/events", body={"events": events}),
+                         events_pb2.TrackEventsResponse())
 
     def close(self) -> None:
         if self._channel is not None:

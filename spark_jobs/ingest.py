@@ -4,7 +4,8 @@ Every input line ends in exactly one of three places, and the report reconciles 
 
     rows_read == accepted + sum(quarantined.values()) + duplicates_dropped
 
-* accepted rows go to ``raw/<dataset>/dt=YYYY-MM-DD/`` (typed Parquet, personal data masked);
+* accepted rows go to ``raw/<dataset>/dt=YYYY-MM-DD/`` (typed Parquet; phones masked, ID numbers
+  encrypted, see :mod:`cluster.privacy`);
 * rejected rows go to ``quarantine/<dataset>/run=<run_id>/`` with a reason code from
   :data:`cluster.contract.REASONS` (the record text masked too);
 * exact duplicate lines are dropped and counted.
@@ -19,22 +20,25 @@ keep the original record and its line number, and exact duplicates can be judged
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from cluster.contract import ACTIONS, DATASETS, GENDERS, ORDER_STATUSES, REASONS, Dataset
 from cluster.errors import DataContractError, InvalidArgument, PlatformError
+from cluster.privacy import HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN, PHONE_COLUMN, KeyRing, load_keyring
 from cluster.settings import Settings
 from cluster.storage import Zone, open_lake
 
@@ -51,6 +55,8 @@ __all__ = [
     "quarantine_rows",
     "raw_columns",
     "issue_fields",
+    "needs_keys",
+    "encrypt_column",
     "new_run_id",
     "main",
     "format_report",
@@ -124,8 +130,8 @@ _KINDS: dict[str, dict[str, str]] = {
     "events": {"ts": "timestamp", "action": "action"},
     "impressions": {"ts": "timestamp", "cost": "cost", "clicked": "flag"},
 }
-# Raw-zone column that replaces a personal-data input column.
-_RENAMED = {"phone": "phone_masked", "id_number": "has_id_number"}
+# Raw-zone columns that replace a personal-data input column.
+_RENAMED = {"phone": (PHONE_COLUMN,), "id_number": (HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN)}
 _ISSUE_KINDS = ("gender", "date", "phone", "id_number", "consent")
 
 
@@ -145,7 +151,16 @@ def issue_fields(ds: Dataset) -> tuple[str, ...]:
 
 def raw_columns(ds: Dataset) -> tuple[str, ...]:
     """Columns of the raw-zone table of ``ds`` (without the ``dt`` partition column)."""
-    return tuple(_RENAMED.get(c, c) for c in ds.columns) + ("_ingest_run",)
+    return tuple(out for c in ds.columns for out in _RENAMED.get(c, (c,))) + ("_ingest_run",)
+
+
+def needs_keys(ds: Dataset) -> bool:
+    """Whether ingesting ``ds`` encrypts a field (and so needs a :class:`~cluster.privacy.KeyRing`)."""
+    return "id_number" in _kinds(ds).values()
+
+
+def _has_personal_data(ds: Dataset) -> bool:
+    return any(k in ("phone", "id_number") for k in _kinds(ds).values())
 
 
 # --- pure column functions -----------------------------------------------------------------
@@ -188,7 +203,52 @@ def redact_text(text: str) -> str:
 
 
 def _mask_phone(s: Column) -> Column:
+    # cluster.privacy.mask_phone as a column expression (only applied to valid numbers).
     return F.concat(F.substring(s, 1, 3), F.lit("****"), F.substring(s, 8, 4))
+
+
+def encrypt_column(keyring: KeyRing) -> Callable[[Column, Column], Column]:
+    """A column function ``(aad, plaintext) -> token`` encrypting with the active key.
+
+    Encryption runs in Spark's Python workers, so clear ID numbers never leave the executors
+    that parse them (collecting them to the driver would send every one over the network).
+    The price: the active key travels to the executors inside the pickled function, over Spark's
+    RPC (encrypted only if ``spark.network.crypto.enabled`` is set) -- see docs/privacy.md. Only
+    the active key goes, never the retired ones. Nulls in either column give null.
+    """
+    ring = keyring.for_encryption()
+
+    def encrypt_id_number(aad: pd.Series, plaintext: pd.Series) -> pd.Series:
+        return pd.Series(
+            [None if pd.isna(a) or pd.isna(v) else ring.encrypt(v, a) for a, v in zip(aad, plaintext)],
+            dtype=object,
+        )
+
+    # Random nonces: never let the optimiser assume two evaluations give the same token.
+    udf = F.pandas_udf(encrypt_id_number, "string").asNondeterministic()
+
+    def apply(aad: Column, plaintext: Column) -> Column:
+        # PySpark sends the pickled function (and so the key) to the JVM when the UDF is applied,
+        # and py4j logs every command it sends at DEBUG: keep that one command out of the logs.
+        with _py4j_debug_off():
+            return udf(aad, plaintext)
+
+    return apply
+
+
+@contextlib.contextmanager
+def _py4j_debug_off() -> Iterator[None]:
+    """Raise py4j's loggers to INFO for the duration of a block."""
+    loggers = [logging.getLogger(n) for n in ("py4j", "py4j.java_gateway", "py4j.clientserver")]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
 
 
 def _utc_date(ts: Column) -> Column:
@@ -264,13 +324,18 @@ class _Checked:
     issue: Column | None = None
     # An expensive parse, computed once into ``_t_<name>`` before ``value`` and the checks use it.
     parse: Column | None = None
+    # Further raw-zone columns derived from the field (the encrypted ID number).
+    extra: dict[str, Column] | None = None
 
 
 def _t(name: str) -> str:
     return f"_t_{name}"
 
 
-def _column_rules(name: str, kind: str, required: bool, source_tz: str) -> _Checked:
+def _column_rules(
+    name: str, kind: str, required: bool, source_tz: str,
+    encrypt: Callable[[Column, Column], Column] | None = None,
+) -> _Checked:
     s, t = F.col(_s(name)), F.col(_t(name))
     present = s.isNotNull()
     checks: list[tuple[str, Column, str]] = [(MISSING, s.isNull(), name)] if required else []
@@ -321,14 +386,22 @@ def _column_rules(name: str, kind: str, required: bool, source_tz: str) -> _Chec
         )
     if kind == "phone":
         ok = s.rlike(_PHONE)
-        return _Checked(_RENAMED[name], F.when(ok, _mask_phone(s)), checks, present & ~ok)
+        return _Checked(PHONE_COLUMN, F.when(ok, _mask_phone(s)), checks, present & ~ok)
     if kind == "id_number":
+        if encrypt is None:
+            raise ValueError(f"{name} is encrypted as it is ingested: classify() needs a KeyRing")
         ok = F.upper(s).rlike(_ID_NUMBER)
-        return _Checked(_RENAMED[name], F.coalesce(ok, F.lit(False)), checks, present & ~ok)
+        # Only valid numbers reach the encrypting UDF (Spark evaluates a UDF for every row, when()
+        # or not); the associated data is the user id, so a token cannot move to another user.
+        token = encrypt(F.col(_s("user_id")), F.when(ok, F.upper(s)))
+        return _Checked(
+            HAS_ID_NUMBER_COLUMN, F.coalesce(ok, F.lit(False)), checks, present & ~ok,
+            extra={ID_NUMBER_COLUMN: F.when(ok, token)},
+        )
     return _Checked(name, s, checks)
 
 
-def classify(parsed: DataFrame, ds: Dataset, source_tz: str) -> DataFrame:
+def classify(parsed: DataFrame, ds: Dataset, source_tz: str, keyring: KeyRing | None = None) -> DataFrame:
     """Type every field and find each row's first failing check.
 
     Checks run in the order of :data:`cluster.contract.REASONS` (malformed_record first), and in
@@ -340,13 +413,16 @@ def classify(parsed: DataFrame, ds: Dataset, source_tz: str) -> DataFrame:
         parsed: Output of :func:`parse_lines`.
         ds: The dataset.
         source_tz: Zone of timestamps without an offset.
+        keyring: Keys that encrypt ID numbers; required when ``ds`` has one (:func:`needs_keys`).
 
     Returns:
-        ``parsed`` plus the typed raw-zone columns (:func:`raw_columns`, personal data already
-        masked), ``_reason``/``_detail`` (null when all checks pass), ``_issue_<field>`` booleans
-        and ``_dt`` (UTC date of the time column as ``YYYY-MM-DD``, or :data:`UNKNOWN_DT`).
+        ``parsed`` plus the typed raw-zone columns (:func:`raw_columns`, phones already masked
+        and ID numbers encrypted), ``_reason``/``_detail`` (null when all checks pass),
+        ``_issue_<field>`` booleans and ``_dt`` (UTC date of the time column as ``YYYY-MM-DD``, or
+        :data:`UNKNOWN_DT`).
     """
-    rules = {c: _column_rules(c, k, c in ds.required, source_tz) for c, k in _kinds(ds).items()}
+    encrypt = encrypt_column(keyring) if keyring is not None and needs_keys(ds) else None
+    rules = {c: _column_rules(c, k, c in ds.required, source_tz, encrypt) for c, k in _kinds(ds).items()}
     checks = [(MALFORMED, F.col("_malformed").isNotNull(), None)]
     checks += sorted((chk for r in rules.values() for chk in r.checks), key=lambda chk: _REASON_ORDER[chk[0]])
     reason: Column | None = None
@@ -358,6 +434,8 @@ def classify(parsed: DataFrame, ds: Dataset, source_tz: str) -> DataFrame:
     # Two projections: Spark does not collapse them when that would repeat the parses.
     df = parsed.withColumns({_t(c): r.parse for c, r in rules.items() if r.parse is not None})
     columns = {r.out: r.value for r in rules.values()}
+    for r in rules.values():
+        columns.update(r.extra or {})
     columns.update(
         {f"_issue_{c}": F.coalesce(r.issue, F.lit(False)) for c, r in rules.items() if r.issue is not None}
     )
@@ -574,7 +652,7 @@ def main(
     """Ingest one delivery folder into the lake and write the reconciliation report.
 
     Args:
-        settings: Platform settings (lake, Spark, ``ingest.source_timezone``).
+        settings: Platform settings (lake, Spark, ``ingest.source_timezone``, ``privacy`` keys).
         input_dir: Local folder holding ``orders.csv`` and optionally ``users.csv``,
             ``events.jsonl``, ``impressions.csv`` (each may be gzipped).
         report_path: Also write the report JSON here (a local file).
@@ -587,6 +665,8 @@ def main(
     Raises:
         DataContractError: the folder or a file breaks the contract as a whole (no orders file,
             a header without a required column or with an unknown one, not UTF-8).
+        ConfigError: a users file is delivered but no key to encrypt ID numbers is configured
+            (``privacy.key_file`` / ``PMKT_PII_KEYS``, see docs/privacy.md).
         InvalidArgument: ``run_id`` is not a safe folder name.
         PlatformError: the per-file reconciliation does not add up (a bug, never bad data).
     """
@@ -613,12 +693,15 @@ def main(
             )
         header, header_line = _read_header(path, ds) if path is not None and ds.fmt == "csv" else (None, None)
         plan.append((ds, path, header, header_line))
+    # Fail before touching the lake when an ID number would have no key to be encrypted with.
+    keyring = load_keyring(settings.privacy) if any(f and needs_keys(d) for d, f, _, _ in plan) else None
 
     lake = open_lake(settings)
     spark = get_spark(settings, "pmkt-ingest")
     files: dict[str, dict] = {}
     cached: list[DataFrame] = []
     users: DataFrame | None = None
+    staged: list[str] = []
     try:
         for i, (ds, path, header, header_line) in enumerate(plan):
             if path is None:
@@ -626,8 +709,10 @@ def main(
                 files[ds.name] = _skipped(ds.name)
                 continue
             step(f"{ds.name}: classifying {path.name}", i / len(plan))
+            if _has_personal_data(ds):
+                staged.append(path.name)  # before staging: a half-copied file is removed too
             lines = spark.read.text(lake.stage_input(path, run_id))
-            resolved = resolve_duplicates(classify(parse_lines(lines, ds, header), ds, source_tz), ds)
+            resolved = resolve_duplicates(classify(parse_lines(lines, ds, header), ds, source_tz, keyring), ds)
             if ds.name == "orders":
                 known = None if users is None else users.where(F.col("_status") == "accepted").select("user_id")
                 resolved = flag_unknown_users(resolved, known)
@@ -661,6 +746,11 @@ def main(
     finally:
         for df in cached:
             df.unpersist()
+        # A distributed lake staged the delivered file in landing/<run_id>/: the clear phone and ID
+        # numbers of a users file must not outlive the run there (on success or failure).
+        for name in staged:
+            if lake.exists(Zone.LANDING, run_id, name):
+                lake.delete(Zone.LANDING, run_id, name)
 
     report = {
         "run_id": run_id,

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from cluster.errors import FailedPrecondition
 from cluster.settings import Settings
 from cluster.storage import Zone, open_lake, open_profile_store
+from spark_jobs.common import exclude_forgotten
 
 __all__ = ["rfm", "default_as_of", "main", "RFM_COLUMNS", "new_run_id"]
 
@@ -126,7 +127,8 @@ def main(
     spark = get_spark(settings, "pmkt-rfm")
     run_id = run_id or new_run_id()
     step("reading orders", 0.0)
-    orders = spark.read.parquet(lake.uri(Zone.RAW, "orders"))
+    # Users who asked to be forgotten stay out of every build.
+    orders = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "orders")), lake)
     as_of = as_of or default_as_of(orders)
     step("computing RFM", 0.2)
     features = rfm(orders, as_of).cache()

@@ -35,6 +35,7 @@ class Zone(str, Enum):
     REPORTS = "reports"         # JSON reports (ingest reconciliation ...)
     REGISTRY = "registry"       # model registry
     LANDING = "landing"         # input files as delivered, staged for Spark on a cluster
+    PRIVACY = "privacy"         # tombstones of forgotten users
 
 
 def _rel(*parts: str | Zone) -> str:

@@ -22,7 +22,7 @@ def start_serving(settings: Settings) -> None:
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from ray_apps.runtime import ensure_ray
-    from ray_apps.serve.segments import GRPC_SERVICERS, build_segment_app
+    from ray_apps.serve.api import GRPC_SERVICERS, build_api_app
 
     ensure_ray(settings)
     sv = settings.serve
@@ -33,7 +33,7 @@ def start_serving(settings: Settings) -> None:
             port=sv.grpc_port, grpc_servicer_functions=GRPC_SERVICERS, request_timeout_s=sv.request_timeout_s
         ),
     )
-    serve.run(build_segment_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_api_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
     log.info("serving on http://%s:%d and gRPC port %d", sv.http_host, sv.http_port, sv.grpc_port)
 

@@ -27,7 +27,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     from ray_apps.runtime import shutdown_ray
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import start_serving
-    from spark_jobs import ingest, rfm
+    from spark_jobs import ingest, profiles, rfm
 
     settings = settings_factory()
     data = tmp_path_factory.mktemp("slice") / "input"
@@ -35,6 +35,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     report_path = data.parent / "report.json"
     report = ingest.main(settings, data, report_path=report_path)
     rfm_meta = rfm.main(settings)
+    profiles_meta = profiles.main(settings)
     model_version = train_segments(settings)
     start_serving(settings)
     try:
@@ -44,6 +45,7 @@ def chain(settings_factory, tmp_path_factory, spark):
             "report": report,
             "report_path": report_path,
             "rfm": rfm_meta,
+            "profiles": profiles_meta,
             "model": model_version,
             "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8")),
         }
@@ -136,8 +138,83 @@ def test_profiles_hold_rfm_for_every_featured_user(chain):
     settings = chain["settings"]
     features = open_lake(settings).read_parquet(chain["rfm"]["path"])
     store = open_profile_store(settings)
-    assert store.count_users() == len(features)
+    # Every user with a profile (accepted users and buyers), purchasers among them with RFM.
+    assert store.count_users() == chain["profiles"]["profiles"] > len(features)
     row = features.iloc[0]
     cells = store.read(row["user_id"], ["f:rfm_frequency", "f:rfm_monetary"])
     assert decode_float(cells["f:rfm_frequency"]) == row["frequency"]
     assert decode_float(cells["f:rfm_monetary"]) == pytest.approx(row["monetary"])
+
+
+def test_get_profile_on_both_transports_with_field_mask(chain):
+    import grpc
+
+    from cluster.errors import InvalidArgument, NotFound
+    from cluster.storage import open_lake
+    from protos.marketing.v1 import profile_pb2, profile_pb2_grpc
+    from ray_apps.client import MarketingClient
+
+    settings = chain["settings"]
+    uid = open_lake(settings).read_parquet(chain["rfm"]["path"])["user_id"].iloc[0]
+    with MarketingClient.from_settings(settings, timeout_s=10) as client:
+        g = client.get_profile(uid)
+        h = client.get_profile_http(uid)
+        assert g == h
+        assert g.segment.model_version == chain["model"].ref and g.rfm.frequency >= 1
+        assert g.updated == chain["profiles"]["built_at"]
+        only = client.get_profile(uid, ["consent", "rfm"])
+        assert only.rfm == g.rfm and only.consent == g.consent
+        assert not only.HasField("attributes") and not only.HasField("segment")
+        assert client.get_profile_http(uid, ["consent", "rfm"]) == only
+        with pytest.raises(NotFound):
+            client.get_profile("no-such-user")
+        for call in (client.get_profile, client.get_profile_http):
+            with pytest.raises(InvalidArgument) as err:
+                call(uid, ["secrets"])
+            assert "secrets" in err.value.message
+    # A raw gRPC caller sees INVALID_ARGUMENT naming the field, never UNKNOWN.
+    with grpc.insecure_channel(f"{settings.serve.grpc_client_host}:{settings.serve.grpc_port}") as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetProfile(profile_pb2.GetProfileRequest(user_id=""), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in err.value.details()
+
+
+def test_events_update_counters_seen_by_get_profile(chain):
+    import httpx
+
+    from ray_apps.client import MarketingClient
+
+    settings = chain["settings"]
+    uid = "u000001"
+    events = [
+        {"event_id": "rt-1", "user_id": uid, "ts": "2026-06-30 10:00:00", "action": "view", "category": "手机"},
+        {"event_id": "rt-2", "user_id": uid, "ts": "2026-06-30T02:00:01Z", "action": "cart", "category": "手机"},
+        {"event_id": "rt-3", "user_id": uid, "ts": "yesterday", "action": "view"},
+        {"event_id": "rt-4", "user_id": uid, "ts": "2026-06-30 10:00:02", "action": "dance"},
+    ]
+    with MarketingClient.from_settings(settings, timeout_s=10) as client:
+        before = dict(client.get_profile(uid, ["counters"]).counters) if _has_profile(client, uid) else {}
+        g = client.track_events(events[:2] + events[2:3])
+        assert (g.accepted, [(r.index, r.reason, r.field) for r in g.rejected]) == (2, [(2, "bad_timestamp", "ts")])
+        h = client.track_events_http([{**e, "event_id": e["event_id"] + "h"} for e in events])
+        assert h.accepted == 2 and {(r.index, r.reason) for r in h.rejected} == {(2, "bad_timestamp"), (3, "unknown_action")}
+        resent = client.track_events(events[:1])
+        assert (resent.accepted, resent.duplicates) == (0, 1)
+        after = dict(client.get_profile(uid, ["counters"]).counters)
+    assert after.get("view", 0) - before.get("view", 0) == 2
+    assert after.get("cart:手机", 0) - before.get("cart:手机", 0) == 2
+    base = f"http://{settings.serve.http_client_host}:{settings.serve.http_port}"
+    for body, field in (({"events": []}, "events"), ({}, "events"), ({"events": "x"}, "events")):
+        resp = httpx.post(f"{base}/v1/events", json=body, timeout=10)
+        assert resp.status_code == 422 and resp.json()["error"]["field"] == field, resp.text
+
+
+def _has_profile(client, uid) -> bool:
+    from cluster.errors import NotFound
+
+    try:
+        client.get_profile(uid, ["counters"])
+        return True
+    except NotFound:
+        return False

@@ -3,54 +3,9 @@ Ray nodes, and the Serve application deployed at provisioning answering from HBa
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def pipeline(cluster_settings, tmp_path_factory):
-    """`pmkt demo` against the cluster as `pmkt cluster up` left it: the platform role created
-    the HBase table and deployed the Serve application, which must pick the demo's model up
-    from the registry by itself."""
-    from cluster.errors import FailedPrecondition, NotFound
-    from cluster.storage import Zone, open_lake
-    from ray_apps.client import MarketingClient
-    from ray_apps.registry import ModelRegistry
-
-    lake = open_lake(cluster_settings)
-    untrained = not ModelRegistry(lake).versions("segments")
-    before = None
-    if untrained:  # a fresh cluster: the deployed application waits for a model
-        with MarketingClient.from_settings(cluster_settings, timeout_s=10) as client:
-            try:
-                client.get_segment("anyone")
-            except (FailedPrecondition, NotFound) as exc:
-                before = type(exc).__name__
-    work = tmp_path_factory.mktemp("cluster-demo")
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("pmkt")), "--settings", str(cluster_settings.source), "demo",
-         "--users", "1500", "--days", "90", "--seed", "5", "--smoke-test"],
-        cwd=work, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    registry = ModelRegistry(lake)
-    yield {
-        "stdout": proc.stdout,
-        "report": lake.read_json(Zone.REPORTS, "ingest", "latest.json"),
-        "rfm": lake.read_json(Zone.FEATURES, "rfm", "latest.json"),
-        "model": registry.get("segments"),
-        "untrained": untrained,
-        "before": before,
-        "manifest": json.loads((work / "var" / "demo-input" / "_truth" / "manifest.json").read_text(encoding="utf-8")),
-    }
 
 
 def test_the_provisioned_application_waits_for_a_model(pipeline):

@@ -13,7 +13,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from cluster.contract import dataset
-from cluster.errors import DataContractError
+from cluster.errors import DataContractError, InvalidArgument
+from cluster.privacy import load_keyring
 from cluster.storage import Zone, open_lake
 from spark_jobs import ingest
 
@@ -203,6 +204,13 @@ def test_raw_zone_is_typed_and_bad_optional_fields_are_emptied(defects, spark):
     assert users["u2"].dt == ingest.UNKNOWN_DT and users["u2"].opt_in_sms is False
     assert users["u3"].phone_masked is None
     assert users["u4"].has_id_number is False
+    # The ID number is stored encrypted, bound to the user: it decrypts for u1 and for no one else.
+    ring = load_keyring(defects["settings"].privacy)
+    assert users["u1"].id_number_enc.startswith(f"v1.{ring.active_key_id}.")
+    assert ring.decrypt(users["u1"].id_number_enc, "u1") == ID_U1
+    with pytest.raises(InvalidArgument):
+        ring.decrypt(users["u1"].id_number_enc, "u2")
+    assert users["u2"].id_number_enc is None and users["u4"].id_number_enc is None
     assert users["u5"].gender is None and users["u6"].birth_date is None
     assert users["u7"].opt_in_sms is False and users["u7"].opt_in_push is True
     assert {r._ingest_run for r in users.values()} == {"run-defects"}

@@ -1,0 +1,1 @@
+"""Real-time event intake: validate, count in the profile store, append to the lake."""

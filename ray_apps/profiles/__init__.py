@@ -1,0 +1,1 @@
+"""360-degree profiles: the GetProfile lookup and its Serve deployment's logic."""

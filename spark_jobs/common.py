@@ -1,0 +1,51 @@
+"""Helpers every Spark build shares."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+
+from cluster.storage import Lake
+from cluster.storage.tombstones import Tombstones
+
+__all__ = ["exclude_forgotten", "forgotten_users", "read_events", "RT_EVENTS_DIR"]
+
+#: Raw-zone folder of events taken in real time (ray_apps/events/intake.py writes it).
+RT_EVENTS_DIR = "events_rt"
+
+
+def forgotten_users(spark: SparkSession, lake: Lake) -> DataFrame | None:
+    """The tombstoned user ids as a one-column DataFrame (None when nobody was forgotten)."""
+    stones = Tombstones(lake)
+    if not stones.exists():
+        return None
+    return spark.read.json(stones.uri(), multiLine=True).select("user_id").distinct()
+
+
+def exclude_forgotten(df: DataFrame, lake: Lake, user_col: str = "user_id") -> DataFrame:
+    """``df`` without the rows of users who asked to be forgotten."""
+    gone = forgotten_users(df.sparkSession, lake)
+    if gone is None:
+        return df
+    return df.join(gone.withColumnRenamed("user_id", user_col), on=user_col, how="left_anti")
+
+
+def read_events(spark: SparkSession, lake: Lake) -> DataFrame | None:
+    """Every behaviour event: the delivered ones (``raw/events``) and those taken in real time
+    (``raw/events_rt``), one row per event id, forgotten users excluded; None if there are none."""
+    from pyspark.sql import functions as F
+
+    from cluster.storage import Zone
+
+    frames = []
+    if lake.exists(Zone.RAW, "events"):
+        frames.append(spark.read.parquet(lake.uri(Zone.RAW, "events")))
+    if lake.list_dir(Zone.RAW, RT_EVENTS_DIR):
+        rt = spark.read.parquet(lake.uri(Zone.RAW, RT_EVENTS_DIR)).drop("received_at")
+        frames.append(rt.withColumn("dt", F.col("dt").cast("date")))
+    if not frames:
+        return None
+    events = frames[0]
+    for frame in frames[1:]:
+        events = events.unionByName(frame.select(*[c for c in frame.columns if c in events.columns]),
+                                    allowMissingColumns=True)
+    return exclude_forgotten(events.dropDuplicates(["event_id"]), lake)

@@ -1,0 +1,162 @@
+"""360-degree profiles in bulk: one row per user, written to the profile store with batched
+mutations per partition (HBase on the cluster, SQLite embedded).
+
+Each profile joins
+
+* the users table of the raw zone: gender, city, the phone **masked**, whether an ID
+  number is on file (its ciphertext stays in the lake), sign-up time, consent flags, and the
+  birth date turned into an **age band** (the date itself never reaches a profile);
+* the latest RFM features (``f:rfm_*``);
+* the latest feature tables of the other builds when they exist (:data:`EXTRA_FEATURES`:
+  CLV scores to ``m:``, weighted tags and behaviour tags to ``t:``).
+
+Users who asked to be forgotten are excluded (tombstones), and a user who exists only in
+orders still gets a profile (attributes empty). Cells are documented in
+:mod:`ray_apps.profiles.service` and docs/profile-store.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timezone
+
+from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
+
+from cluster.errors import FailedPrecondition
+from cluster.privacy import age_band_column
+from cluster.settings import Settings
+from cluster.storage import Lake, Zone, open_lake, open_profile_store
+from spark_jobs.common import exclude_forgotten
+from spark_jobs.rfm import new_run_id
+
+__all__ = ["build_profiles", "main", "ATTRIBUTE_COLUMNS", "EXTRA_FEATURES"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+#: users column -> profile cell.
+ATTRIBUTE_COLUMNS = {
+    "gender": "a:gender",
+    "city": "a:city",
+    "phone_masked": "a:phone_masked",
+    "has_id_number": "a:has_id_number",
+    "signup_time": "a:signup_time",
+    "opt_in_sms": "a:opt_in_sms",
+    "opt_in_push": "a:opt_in_push",
+    "opt_in_email": "a:opt_in_email",
+    "age_band": "a:age_band",
+}
+RFM_CELLS = {"recency_days": "f:rfm_recency_days", "frequency": "f:rfm_frequency", "monetary": "f:rfm_monetary"}
+#: Other feature builds joined when their latest table exists: feature folder -> {column: cell}.
+EXTRA_FEATURES: dict[str, dict[str, str]] = {
+    "clv": {"clv_historic": "m:clv_historic", "clv_predicted": "m:clv_predicted", "p_alive": "m:p_alive",
+            "expected_purchases": "m:expected_purchases"},
+}
+
+
+def _latest(lake: Lake, feature: str) -> dict | None:
+    if not lake.exists(Zone.FEATURES, feature, "latest.json"):
+        return None
+    return lake.read_json(Zone.FEATURES, feature, "latest.json")
+
+
+def build_profiles(users: DataFrame | None, rfm: DataFrame | None, as_of: date,
+                   extras: dict[str, DataFrame] | None = None) -> DataFrame:
+    """One row per user with a column per profile cell (named like the cell, e.g. ``a:city``).
+
+    Args:
+        users: Raw-zone users (or None when no users file was ever delivered).
+        rfm: The RFM feature table (``user_id``, ``recency_days``, ``frequency``, ``monetary``).
+        as_of: Day the age bands are computed for.
+        extras: Further feature tables keyed like :data:`EXTRA_FEATURES`.
+    """
+    parts: list[DataFrame] = []
+    if users is not None:
+        cols = [F.col("user_id")]
+        for column, cell in ATTRIBUTE_COLUMNS.items():
+            if column == "age_band":
+                value = age_band_column(F.col("birth_date"), as_of) if "birth_date" in users.columns else F.lit(None)
+            elif column == "has_id_number":
+                value = F.col(column).cast("int") if column in users.columns else F.lit(None)
+            elif column == "signup_time":
+                value = F.date_format(F.col(column), "yyyy-MM-dd'T'HH:mm:ss'Z'") if column in users.columns else F.lit(None)
+            else:
+                value = F.col(column) if column in users.columns else F.lit(None)
+            cols.append(value.cast("string").alias(cell))
+        parts.append(users.select(*cols))
+    if rfm is not None:
+        parts.append(rfm.select("user_id", *[F.col(c).alias(cell) for c, cell in RFM_CELLS.items()],
+                                F.col("as_of").cast("string").alias("f:rfm_as_of")))
+    for name, frame in (extras or {}).items():
+        mapping = {c: cell for c, cell in EXTRA_FEATURES.get(name, {}).items() if c in frame.columns}
+        if mapping:
+            parts.append(frame.select("user_id", *[F.col(c).alias(cell) for c, cell in mapping.items()]))
+    if not parts:
+        raise FailedPrecondition("nothing to build profiles from: ingest users or orders first")
+    out = parts[0]
+    for frame in parts[1:]:
+        out = out.join(frame, on="user_id", how="full_outer")
+    return out
+
+
+def _store_writer(settings: Settings, built_at: str) -> Callable[[Iterator[Row]], None]:
+    def write_partition(rows: Iterator[Row]) -> None:
+        store = open_profile_store(settings)
+        try:
+            def cells() -> Iterator[tuple[str, dict]]:
+                for row in rows:
+                    d = row.asDict()
+                    uid = d.pop("user_id")
+                    values = {k: v for k, v in d.items() if v is not None}
+                    values["f:profile_built_at"] = built_at
+                    yield uid, values
+
+            store.write_batch(cells())  # batched mutations (profile_store.batch_size rows each)
+        finally:
+            store.close()
+
+    return write_partition
+
+
+def main(settings: Settings, *, as_of: date | None = None, run_id: str | None = None,
+         progress: Progress | None = None) -> dict:
+    """Build every profile and write it to the profile store; returns run metadata.
+
+    Raises:
+        FailedPrecondition: neither users nor RFM features exist yet.
+    """
+    from spark_jobs.session import get_spark
+
+    step = progress or (lambda _s, _f: None)
+    lake = open_lake(settings)
+    spark = get_spark(settings, "pmkt-profiles")
+    run_id = run_id or new_run_id()
+    step("reading users and features", 0.0)
+    users = spark.read.parquet(lake.uri(Zone.RAW, "users")) if lake.exists(Zone.RAW, "users") else None
+    rfm_meta = _latest(lake, "rfm")
+    rfm = spark.read.parquet(lake.uri(rfm_meta["path"])) if rfm_meta else None
+    if rfm is not None and "as_of" not in rfm.columns:
+        rfm = rfm.withColumn("as_of", F.lit(rfm_meta["as_of"]))
+    extras = {}
+    for name in EXTRA_FEATURES:
+        meta = _latest(lake, name)
+        if meta and meta.get("path"):
+            extras[name] = spark.read.parquet(lake.uri(meta["path"]))
+    as_of = as_of or (date.fromisoformat(rfm_meta["as_of"]) if rfm_meta else datetime.now(timezone.utc).date())
+    profiles = build_profiles(users, rfm, as_of, extras)
+    profiles = exclude_forgotten(profiles, lake).cache()
+    total = profiles.count()
+    step(f"writing {total:,} profiles", 0.4)
+    built_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    profiles.foreachPartition(_store_writer(settings, built_at))
+    profiles.unpersist()
+    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "profiles": total, "built_at": built_at,
+            "sources": {"users": users is not None, "rfm": rfm_meta["run_id"] if rfm_meta else None,
+                        **{k: True for k in extras}}}
+    lake.write_json(meta, Zone.REPORTS, "profiles", f"{run_id}.json")
+    lake.write_json(meta, Zone.REPORTS, "profiles", "latest.json")
+    step("done", 1.0)
+    log.info("profiles run %s: %d profiles", run_id, total)
+    return meta

@@ -1,0 +1,883 @@
+"""Training tables: CTR (one row per ad impression) and churn (one row per user).
+
+Both tables are built from the raw zone and never look past their cut-off:
+
+* **CTR** (:func:`ctr_rows`, :func:`fit_ctr_spec`, :func:`ctr_vectors`): every impression with
+  the ad's own columns, the user's static attributes *on the impression day* (age band, never the
+  birth date) and the user's behaviour *as of the start of the impression's UTC day*: orders and
+  events of that day or later are never seen, so nothing the ad may have caused leaks into its
+  features. ``cost`` is not a feature: search ads are charged per click, so a zero cost *is* the
+  label. Features are encoded into one sparse vector by :func:`encode_ctr`, a pure function driven
+  by a JSON feature spec, so the serving side featurises a request with the same code and spec.
+* **Churn** (:func:`churn_table`): duration, churn flag and covariates for a survival model (see the
+  censoring rule there).
+
+``main`` reads the lake's raw zone and writes ``features/ctr_train/run=<run_id>/split=train|test/``
+and ``features/churn/run=<run_id>/`` with ``_meta.json`` and ``latest.json``, as ``spark_jobs.rfm``
+does. :func:`load_ctr_matrix` reads the CTR table back as ``scipy.sparse`` + labels for
+scikit-learn; it needs neither Spark nor a JVM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
+from cluster.settings import Settings
+from cluster.storage import Lake, Zone, open_lake
+from spark_jobs.common import exclude_forgotten, read_events
+from spark_jobs.rfm import new_run_id
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = [
+    "AGE_EDGES",
+    "MISSING",
+    "OTHER",
+    "CTR_ONEHOT",
+    "CTR_HASHED",
+    "CTR_NUMERIC",
+    "CHURN_COVARIATES",
+    "SPEC_FORMAT",
+    "age_band",
+    "behaviour_as_of",
+    "ctr_rows",
+    "time_split",
+    "fit_ctr_spec",
+    "hash_bucket",
+    "encode_ctr",
+    "feature_names",
+    "ctr_vectors",
+    "churn_table",
+    "churn_design",
+    "default_as_of",
+    "CtrMatrix",
+    "load_ctr_matrix",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+#: Lower bounds (years) of the age bands after the first: ``<25``, ``25-34``, ... ``65+``.
+AGE_EDGES: tuple[int, ...] = (25, 35, 45, 55, 65)
+#: Value of the age band (and of any categorical feature) when the input is unknown.
+MISSING = "__missing__"
+#: One-hot slot of a value not seen in the training split.
+OTHER = "__other__"
+#: Version tag of the feature spec JSON; bump when :func:`encode_ctr` changes meaning.
+SPEC_FORMAT = "pmkt.ctr-features/1"
+
+#: Low-cardinality categorical inputs, one-hot encoded (vocabulary learnt on the train split).
+CTR_ONEHOT: tuple[str, ...] = (
+    "channel", "ad_position", "device_type", "gender", "age_band", "city", "recency_band", "top_category",
+)
+#: High-cardinality inputs, hashed into one shared block; a tuple of several columns is a cross.
+CTR_HASHED: tuple[tuple[str, ...], ...] = (("ad_id",), ("campaign_id",), ("campaign_id", "top_category"))
+#: Numeric inputs: (input column, transform); standardised with the train split's mean and std.
+CTR_NUMERIC: tuple[tuple[str, str], ...] = (
+    ("frequency", "log1p"), ("monetary", "log1p"), ("events_recent", "log1p"), ("top_category_share", "identity"),
+)
+#: Recency bands (days since the last paid order, as of the impression day): upper bounds.
+_RECENCY_BANDS: tuple[tuple[int, str], ...] = ((7, "1-7"), (30, "8-30"), (90, "31-90"))
+
+#: Numeric covariates :func:`churn_design` returns (besides ``duration_days`` and ``churned``).
+CHURN_COVARIATES: tuple[str, ...] = (
+    "opt_in_sms", "opt_in_push", "opt_in_email", "gender_F", "gender_M",
+    "age_lt25", "age_25_34", "age_45_54", "age_55_64", "age_65plus", "age_unknown",
+    "log_account_age_days",
+    "has_paid_order", "log_avg_order_value", "ad_ctr_pct",
+)
+
+# Minimal raw-zone schemas of the optional datasets (users, events), for deliveries that lack them.
+_EMPTY_SCHEMAS = {
+    "users": "user_id string, gender string, birth_date date, city string, signup_time timestamp, "
+             "opt_in_sms boolean, opt_in_push boolean, opt_in_email boolean",
+    "events": "event_id string, user_id string, ts timestamp, action string, category string",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared column helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def age_band(birth_date: Column, on: Column, edges: Sequence[int] = AGE_EDGES) -> Column:
+    """Age band on a given day, from a birth date (whole years, birthdays counted exactly).
+
+    Args:
+        birth_date: Date column; null gives :data:`MISSING`.
+        on: Date column of the day the age is taken on.
+        edges: Increasing lower bounds of the bands after the first.
+
+    Returns:
+        A string column: ``<25``, ``25-34``, ..., ``65+`` for the default edges.
+    """
+    if not edges or list(edges) != sorted(set(edges)):
+        raise InvalidArgument("age band edges must be a non-empty increasing sequence", field="age_edges")
+    years = F.floor(F.months_between(on, birth_date) / 12)
+    band = F.when(birth_date.isNull(), F.lit(MISSING)).when(years < edges[0], F.lit(f"<{edges[0]}"))
+    for lo, hi in zip(edges, edges[1:]):
+        band = band.when(years < hi, F.lit(f"{lo}-{hi - 1}"))
+    return band.otherwise(F.lit(f"{edges[-1]}+"))
+
+
+def _day_start(day: Column) -> Column:
+    # Midnight UTC of a date (the session time zone is UTC, see spark_jobs.session).
+    return day.cast("timestamp")
+
+
+def behaviour_as_of(keys: DataFrame, orders: DataFrame, events: DataFrame, lookback_days: int = 30) -> DataFrame:
+    """Per (user, day): purchase and browsing behaviour strictly before that UTC day.
+
+    Only orders and events with a time before ``as_of_day`` 00:00 UTC are used, so an impression's
+    features cannot see the impression's own day or anything later. For a single day the RFM part
+    equals :func:`spark_jobs.rfm.rfm` as of that day.
+
+    Args:
+        keys: ``user_id``, ``as_of_day`` (date); duplicates are ignored.
+        orders: Raw-zone orders.
+        events: Raw-zone events (``user_id``, ``ts``, ``category``).
+        lookback_days: Window of ``events_recent``, in days before ``as_of_day``.
+
+    Returns:
+        One row per distinct key: ``user_id``, ``as_of_day``, ``recency_days`` (days from the last
+        paid order's UTC date, null without one), ``frequency`` (distinct paid orders, 0 without),
+        ``monetary`` (sum of paid amounts, 0.0 without), ``events_recent`` (events in the lookback),
+        ``top_category`` (most frequent category of paid orders and events, ties by name; null
+        without history) and ``top_category_share`` (its share of those rows, 0.0 without).
+    """
+    if lookback_days < 1:
+        raise InvalidArgument("lookback_days must be >= 1", field="lookback_days")
+    keys = keys.select("user_id", "as_of_day").distinct().withColumn("_cut", _day_start(F.col("as_of_day")))
+    paid = orders.where(F.col("status") == "paid").select(
+        "user_id", "order_id", F.col("order_time").alias("_t"), "amount", "category"
+    )
+    k = keys.alias("k")
+    bought = (
+        k.join(paid.alias("o"), "user_id")
+        .where(F.col("o._t") < F.col("k._cut"))
+        .groupBy("user_id", "as_of_day")
+        .agg(
+            F.max("_t").alias("_last"),
+            F.countDistinct("order_id").cast("int").alias("frequency"),
+            F.round(F.sum("amount"), 2).alias("monetary"),
+        )
+        .withColumn("recency_days", F.datediff(F.col("as_of_day"), F.to_date("_last")).cast("int"))
+        .drop("_last")
+    )
+    activity = paid.select("user_id", "_t", "category", F.lit(False).alias("_event")).unionByName(
+        events.select("user_id", F.col("ts").alias("_t"), "category", F.lit(True).alias("_event"))
+    )
+    recent_from = F.col("k._cut") - F.expr(f"INTERVAL {int(lookback_days)} DAYS")
+    per_cat = (
+        k.join(activity.alias("a"), "user_id")
+        .where(F.col("a._t") < F.col("k._cut"))
+        .groupBy("user_id", "as_of_day", F.coalesce(F.col("category"), F.lit(MISSING)).alias("_cat"))
+        .agg(
+            F.count(F.lit(1)).alias("_n"),
+            F.sum(F.when(F.col("_event") & (F.col("a._t") >= recent_from), 1).otherwise(0)).alias("_recent"),
+        )
+    )
+    known = F.col("_cat") != MISSING
+    per_user = Window.partitionBy("user_id", "as_of_day")
+    ranked = per_cat.select(
+        "user_id",
+        "as_of_day",
+        F.sum("_recent").over(per_user).cast("int").alias("events_recent"),
+        F.sum(F.when(known, F.col("_n")).otherwise(0)).over(per_user).alias("_known"),
+        F.when(known, F.col("_cat")).alias("top_category"),
+        F.col("_n"),
+        F.row_number().over(per_user.orderBy(known.desc(), F.col("_n").desc(), F.col("_cat"))).alias("_rank"),
+    ).where(F.col("_rank") == 1)
+    browsed = ranked.select(
+        "user_id",
+        "as_of_day",
+        "events_recent",
+        "top_category",
+        F.when(F.col("top_category").isNotNull(), F.col("_n") / F.col("_known")).alias("top_category_share"),
+    )
+    return (
+        keys.drop("_cut")
+        .join(bought, ["user_id", "as_of_day"], "left")
+        .join(browsed, ["user_id", "as_of_day"], "left")
+        .select(
+            "user_id",
+            "as_of_day",
+            "recency_days",
+            F.coalesce("frequency", F.lit(0)).alias("frequency"),
+            F.coalesce("monetary", F.lit(0.0)).alias("monetary"),
+            F.coalesce("events_recent", F.lit(0)).alias("events_recent"),
+            "top_category",
+            F.coalesce("top_category_share", F.lit(0.0)).alias("top_category_share"),
+        )
+    )
+
+
+def _recency_band(days: Column) -> Column:
+    band = F.when(days.isNull(), F.lit("none"))
+    for upper, label in _RECENCY_BANDS:
+        band = band.when(days <= upper, F.lit(label))
+    return band.otherwise(F.lit(f"{_RECENCY_BANDS[-1][0] + 1}+"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CTR table
+# ---------------------------------------------------------------------------------------------
+
+
+def ctr_rows(
+    impressions: DataFrame,
+    users: DataFrame,
+    orders: DataFrame,
+    events: DataFrame,
+    *,
+    age_edges: Sequence[int] = AGE_EDGES,
+    lookback_days: int = 30,
+) -> DataFrame:
+    """One row per impression: label, ad columns and leak-free user features (not yet encoded).
+
+    Args:
+        impressions: Raw-zone impressions (the rows to label; filter them by time before calling).
+        users: Raw-zone users (``gender``, ``birth_date``, ``city``); a user absent here gets nulls.
+        orders: Raw-zone orders.
+        events: Raw-zone events.
+        age_edges: See :func:`age_band`.
+        lookback_days: See :func:`behaviour_as_of`.
+
+    Returns:
+        ``impression_id``, ``user_id``, ``ts``, ``label`` (int 0/1, from ``clicked``), the ad columns
+        ``ad_id``, ``campaign_id``, ``channel``, ``ad_position``, ``device_type``, the user columns
+        ``gender``, ``age_band`` (on the impression's UTC day), ``city`` and the columns of
+        :func:`behaviour_as_of` plus ``recency_band``. No birth date, no cost.
+    """
+    imp = impressions.select(
+        "impression_id", "user_id", "ts", "ad_id", "campaign_id", "channel", "ad_position", "device_type",
+        F.col("clicked").cast("int").alias("label"), F.to_date("ts").alias("as_of_day"),
+    )
+    behaviour = behaviour_as_of(imp.select("user_id", "as_of_day"), orders, events, lookback_days)
+    people = users.select("user_id", "gender", "birth_date", "city")
+    return (
+        imp.join(people, "user_id", "left")
+        .join(behaviour, ["user_id", "as_of_day"], "left")
+        .select(
+            "impression_id", "user_id", "ts", "label",
+            "ad_id", "campaign_id", "channel", "ad_position", "device_type",
+            "gender", age_band(F.col("birth_date"), F.col("as_of_day"), age_edges).alias("age_band"), "city",
+            "recency_days", _recency_band(F.col("recency_days")).alias("recency_band"),
+            "frequency", "monetary", "events_recent", "top_category", "top_category_share",
+        )
+    )
+
+
+def time_split(
+    rows: DataFrame, test_fraction: float = 0.2, split_date: date | None = None
+) -> tuple[DataFrame, date]:
+    """Split by impression time: everything before a UTC midnight is train, the rest is test.
+
+    Args:
+        rows: Rows with a ``ts`` timestamp.
+        test_fraction: Wanted share of test rows; the split moves back to the start of the UTC day
+            holding that quantile, so the test share is at least this (one day's worth more at most).
+        split_date: Use this day instead of the quantile.
+
+    Returns:
+        ``rows`` with a ``split`` column (``train`` / ``test``) and the split day (first test day).
+
+    Raises:
+        InvalidArgument: ``test_fraction`` is not in (0, 1).
+        FailedPrecondition: ``rows`` is empty.
+    """
+    if split_date is None:
+        if not 0.0 < test_fraction < 1.0:
+            raise InvalidArgument("test_fraction must be between 0 and 1", field="test_fraction")
+        q = rows.select(F.unix_seconds("ts").alias("s")).approxQuantile("s", [1.0 - test_fraction], 1e-4)
+        if not q:
+            raise FailedPrecondition("there are no impressions to split: ingest impressions first")
+        split_date = datetime.fromtimestamp(q[0], tz=timezone.utc).date()
+    cut = datetime.combine(split_date, datetime.min.time())
+    return rows.withColumn("split", F.when(F.col("ts") < F.lit(cut), "train").otherwise("test")), split_date
+
+
+def fit_ctr_spec(train: DataFrame, hash_buckets: int = 2**14, min_count: int = 5) -> dict:
+    """Learn the feature spec (vocabularies, numeric scaling, layout) from the train split only.
+
+    Layout of the vector: the numeric features, then per one-hot input its vocabulary (sorted)
+    followed by one ``__other__`` slot, then one block of ``hash_buckets`` slots shared by the
+    hashed inputs.
+
+    Args:
+        train: Train rows of :func:`ctr_rows`.
+        hash_buckets: Size of the hashed block.
+        min_count: A categorical value seen fewer times than this in train goes to ``__other__``.
+
+    Returns:
+        A JSON-serialisable spec for :func:`encode_ctr`.
+
+    Raises:
+        InvalidArgument: ``hash_buckets`` or ``min_count`` is below 1.
+    """
+    if hash_buckets < 1:
+        raise InvalidArgument("hash_buckets must be >= 1", field="hash_buckets")
+    if min_count < 1:
+        raise InvalidArgument("min_count must be >= 1", field="min_count")
+    numeric = []
+    for col, transform in CTR_NUMERIC:
+        x = F.col(col).cast("double")
+        x = F.log1p(F.coalesce(x, F.lit(0.0))) if transform == "log1p" else F.coalesce(x, F.lit(0.0))
+        numeric.append(x.alias(col))
+    stats = train.select(*numeric).agg(
+        *[F.mean(c).alias(f"{c}_mean") for c, _ in CTR_NUMERIC],
+        *[F.stddev_pop(c).alias(f"{c}_std") for c, _ in CTR_NUMERIC],
+    ).first()
+    # One job for every vocabulary: (input, value) pairs exploded and counted together.
+    pairs = F.explode(F.array(*[
+        F.struct(F.lit(c).alias("input"), F.coalesce(F.col(c).cast("string"), F.lit(MISSING)).alias("value"))
+        for c in CTR_ONEHOT
+    ])).alias("p")
+    seen = (
+        train.select(pairs).groupBy("p.input", "p.value").count().where(F.col("count") >= min_count).collect()
+    )
+    onehot = [{"input": c, "values": sorted(r.value for r in seen if r.input == c)} for c in CTR_ONEHOT]
+    names = [f"{c}:{t}" for c, t in CTR_NUMERIC]
+    for block in onehot:
+        names += [f"{block['input']}={v}" for v in block["values"]] + [f"{block['input']}={OTHER}"]
+    inputs = sorted({c for c, _ in CTR_NUMERIC} | set(CTR_ONEHOT) | {c for cols in CTR_HASHED for c in cols})
+    return {
+        "format": SPEC_FORMAT,
+        "inputs": inputs,
+        "missing": MISSING,
+        "other": OTHER,
+        "numeric": [
+            {
+                "input": c,
+                "transform": t,
+                "mean": float(stats[f"{c}_mean"] or 0.0),
+                "std": float(stats[f"{c}_std"] or 0.0) or 1.0,
+            }
+            for c, t in CTR_NUMERIC
+        ],
+        "onehot": onehot,
+        "hashed": {
+            "inputs": [list(cols) for cols in CTR_HASHED],
+            "offset": len(names),
+            "buckets": hash_buckets,
+            "token": "<inputs joined by '*'>=<values joined by '|'>",
+            "hash": "first 8 bytes of SHA-256 of the UTF-8 token, big-endian unsigned, modulo buckets",
+        },
+        "size": len(names) + hash_buckets,
+        "feature_names": names,
+    }
+
+
+def hash_bucket(token: str, buckets: int) -> int:
+    """Stable bucket of a token: SHA-256, first 8 bytes big-endian, modulo ``buckets``.
+
+    Unlike Python's ``hash`` this does not depend on ``PYTHONHASHSEED``, the process or the machine.
+    """
+    return int.from_bytes(hashlib.sha256(token.encode("utf-8")).digest()[:8], "big") % buckets
+
+
+def _category(value: Any) -> str:
+    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def encode_ctr(record: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[list[int], list[float]]:
+    """Encode one impression (a training row or a serving request) into sparse indices and values.
+
+    Args:
+        record: Values of ``spec["inputs"]``; missing keys and ``None`` are unknown values.
+            Categorical values are compared as strings (``ad_position`` ``3`` and ``"3"`` agree).
+        spec: The spec of :func:`fit_ctr_spec` (as stored in the lake's ``_feature_spec.json``).
+
+    Returns:
+        Strictly increasing indices and their values (colliding hashed tokens are summed).
+    """
+    out: dict[int, float] = {}
+    i = 0
+    for num in spec["numeric"]:
+        raw = record.get(num["input"])
+        x = 0.0 if raw is None or (isinstance(raw, float) and math.isnan(raw)) else float(raw)
+        if num["transform"] == "log1p":
+            x = math.log1p(x)
+        value = (x - num["mean"]) / num["std"]
+        if value != 0.0:
+            out[i] = value
+        i += 1
+    for block in spec["onehot"]:
+        values = block["values"]
+        v = _category(record.get(block["input"]))
+        # Vocabularies are short (a few dozen values); a linear scan keeps the spec plain JSON.
+        out[i + (values.index(v) if v in values else len(values))] = 1.0
+        i += len(values) + 1
+    hashed = spec["hashed"]
+    for cols in hashed["inputs"]:
+        token = "*".join(cols) + "=" + "|".join(_category(record.get(c)) for c in cols)
+        j = hashed["offset"] + hash_bucket(token, hashed["buckets"])
+        out[j] = out.get(j, 0.0) + 1.0
+    indices = sorted(out)
+    return indices, [out[j] for j in indices]
+
+
+def feature_names(spec: Mapping[str, Any]) -> list[str]:
+    """Names of every vector slot: the spec's named features, then ``hash[0]`` ... ``hash[n-1]``."""
+    return list(spec["feature_names"]) + [f"hash[{j}]" for j in range(spec["hashed"]["buckets"])]
+
+
+def ctr_vectors(rows: DataFrame, spec: Mapping[str, Any]) -> DataFrame:
+    """Add the ``features`` sparse vector column, computed by :func:`encode_ctr` itself.
+
+    The encoding runs as a Python UDF on purpose: serving calls the very same function with the
+    very same spec, so training and serving vectors cannot drift apart.
+    """
+    from pyspark.ml.linalg import SparseVector, VectorUDT
+
+    spec = dict(spec)
+    inputs = list(spec["inputs"])
+    size = int(spec["size"])
+
+    def encode(*values: Any) -> SparseVector:
+        indices, vals = encode_ctr(dict(zip(inputs, values)), spec)
+        return SparseVector(size, indices, vals)
+
+    return rows.withColumn("features", F.udf(encode, VectorUDT())(*[F.col(c) for c in inputs]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Churn table
+# ---------------------------------------------------------------------------------------------
+
+
+def churn_table(
+    users: DataFrame,
+    orders: DataFrame,
+    events: DataFrame,
+    impressions: DataFrame,
+    as_of: date,
+    *,
+    inactivity_days: int = 90,
+    ctr_prior: float = 20.0,
+    age_edges: Sequence[int] = AGE_EDGES,
+) -> DataFrame:
+    """One row per active user: survival duration, churn flag (event) and leak-free covariates.
+
+    **Activity** is an order (any status) or a behaviour event before ``as_of`` (00:00 UTC);
+    ad impressions are something the platform did, not the user, and are not activity.
+    Days are UTC dates. Let ``T = as_of`` (the observation end, exclusive), ``W =
+    inactivity_days``, ``first``/``last`` the first and last active day, ``gap = T - last``
+    (>= 1 day; 1 for a user active on the last observed day).
+
+    **Censoring rule.**
+
+    * ``gap > W``: **churned** (``churned = 1``). The churn becomes observable on day
+      ``last + W + 1`` (the first day on which more than ``W`` days have passed without
+      activity), which is on or before ``T``; ``duration_days = (last - first) + W + 1``.
+    * ``gap <= W`` (exactly ``W`` included): **censored** (``churned = 0``) at the observation end:
+      ``duration_days = T - first``. This includes users whose first activity is too recent to be
+      judged (``T - first <= W``) and users active on the last day.
+
+    Measuring a churned user's duration up to ``last + W + 1`` rather than to ``last`` keeps the two
+    cases consistent: a censored user is only known to have not churned *by T*, and with that
+    definition of the event time no churner's event lies after ``T`` and no censored user has
+    already had the event. Every duration is >= 1 day, a single-activity churner's is ``W + 1``.
+
+    Worked example, ``T = 2026-07-01``, ``W = 90``:
+
+    ====  =============  =============  ====  =======  =============================
+    user  first          last           gap   churned  duration_days
+    ====  =============  =============  ====  =======  =============================
+    a     2026-01-10     2026-03-01     122   1        50 + 90 + 1 = 141
+    b     2026-01-10     2026-04-02     90    0        T - first = 172 (exactly W: censored)
+    c     2026-01-10     2026-04-01     91    1        81 + 91 = 172
+    d     2026-02-01     2026-02-01     150   1        0 + 91 = 91 (single activity)
+    e     2026-06-30     2026-06-30     1     0        1 (first and last on the last day)
+    f     2026-05-15     2026-06-20     11    0        47 (too recent to judge: censored)
+    ====  =============  =============  ====  =======  =============================
+
+    **Covariates** leave out anything the outcome determines: no recency, frequency or monetary
+    *as of T* (``recency > W`` is the churn flag itself, and counts grow with the time a user stays),
+    no counts over the follow-up. They are static attributes (consents, gender, ``age_band`` at
+    ``T``, ``city``, ``account_age_days`` from signup to the first activity) and per-order or
+    per-impression ratios (``has_paid_order``, ``avg_order_value``, ``ad_ctr``: clicks per impression
+    shrunk towards the population CTR with ``ctr_prior`` pseudo-impressions). ``refund_share``,
+    ``ad_impressions`` and ``ad_clicks`` are kept for inspection but are not in
+    :data:`CHURN_COVARIATES`: the counts grow with the time a user stays, and a refund share above
+    zero mostly takes several orders (a first order is rarely refunded), which again takes time.
+
+    Args:
+        users: Raw-zone users.
+        orders: Raw-zone orders.
+        events: Raw-zone events.
+        impressions: Raw-zone impressions (only for ``ad_ctr``).
+        as_of: Observation end ``T``; nothing on or after it is read.
+        inactivity_days: ``W``, in days.
+        ctr_prior: Pseudo-impressions of the ``ad_ctr`` shrinkage (0 = raw clicks / impressions).
+        age_edges: See :func:`age_band`.
+
+    Returns:
+        ``user_id``, ``first_active``, ``last_active`` (dates), ``inactive_days`` (``gap``),
+        ``duration_days``, ``churned``, ``gender``, ``age_band``, ``city``, ``opt_in_sms``,
+        ``opt_in_push``, ``opt_in_email`` (int 0/1), ``account_age_days`` (null without signup
+        time), ``has_paid_order``, ``avg_order_value``, ``refund_share``, ``ad_impressions``,
+        ``ad_clicks``, ``ad_ctr``.
+
+    Raises:
+        InvalidArgument: ``inactivity_days`` < 1 or ``ctr_prior`` < 0.
+    """
+    if inactivity_days < 1:
+        raise InvalidArgument("inactivity_days must be >= 1", field="inactivity_days")
+    if ctr_prior < 0:
+        raise InvalidArgument("ctr_prior must be >= 0", field="ctr_prior")
+    cut = F.lit(datetime.combine(as_of, datetime.min.time()))
+    t_end = F.lit(as_of)
+    w = inactivity_days
+    activity = orders.select("user_id", F.col("order_time").alias("_t")).unionByName(
+        events.select("user_id", F.col("ts").alias("_t"))
+    ).where(F.col("_t") < cut)
+    spans = (
+        activity.groupBy("user_id")
+        .agg(F.to_date(F.min("_t")).alias("first_active"), F.to_date(F.max("_t")).alias("last_active"))
+        .withColumn("inactive_days", F.datediff(t_end, F.col("last_active")))
+        .withColumn("churned", (F.col("inactive_days") > w).cast("int"))
+        .withColumn(
+            "duration_days",
+            F.when(F.col("churned") == 1, F.datediff(F.col("last_active"), F.col("first_active")) + w + 1)
+            .otherwise(F.datediff(t_end, F.col("first_active"))),
+        )
+    )
+    bought = (
+        orders.where(F.col("order_time") < cut)
+        .groupBy("user_id")
+        .agg(
+            F.count(F.lit(1)).alias("_orders"),
+            F.sum(F.when(F.col("status") == "paid", 1).otherwise(0)).alias("_paid"),
+            F.sum(F.when(F.col("status") == "paid", F.col("amount")).otherwise(0.0)).alias("_paid_amount"),
+        )
+    )
+    seen = impressions.where(F.col("ts") < cut)
+    population_ctr = seen.agg(F.avg(F.col("clicked").cast("double"))).first()[0] or 0.0
+    ads = seen.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("ad_impressions"), F.sum(F.col("clicked").cast("int")).alias("ad_clicks")
+    )
+    consents = ("opt_in_sms", "opt_in_push", "opt_in_email")
+    people = users.select(
+        "user_id", "gender", "birth_date", "city", "signup_time",
+        # Consent is never assumed: a missing flag is no consent.
+        *[F.coalesce(F.col(c), F.lit(False)).cast("int").alias(c) for c in consents],
+    )
+    paid = F.coalesce(F.col("_paid"), F.lit(0))
+    impressions_n = F.coalesce(F.col("ad_impressions"), F.lit(0))
+    clicks_n = F.coalesce(F.col("ad_clicks"), F.lit(0))
+    # Shrunk towards the population CTR: a user with 2 impressions and 1 click is not a 50 % clicker.
+    ad_ctr = (clicks_n + F.lit(ctr_prior * population_ctr)) / (impressions_n + F.lit(ctr_prior))
+    if ctr_prior == 0:
+        ad_ctr = F.when(impressions_n > 0, clicks_n / impressions_n).otherwise(F.lit(population_ctr))
+    return (
+        spans.join(people, "user_id", "left")
+        .join(bought, "user_id", "left")
+        .join(ads, "user_id", "left")
+        .select(
+            "user_id", "first_active", "last_active", "inactive_days",
+            F.col("duration_days").cast("int").alias("duration_days"), "churned",
+            "gender", age_band(F.col("birth_date"), t_end, age_edges).alias("age_band"), "city",
+            *[F.coalesce(F.col(c), F.lit(0)).alias(c) for c in consents],
+            F.datediff(F.col("first_active"), F.to_date("signup_time")).alias("account_age_days"),
+            (paid > 0).cast("int").alias("has_paid_order"),
+            F.when(paid > 0, F.round(F.col("_paid_amount") / paid, 2)).otherwise(0.0).alias("avg_order_value"),
+            F.when(F.col("_orders") > 0, 1.0 - paid / F.col("_orders")).otherwise(0.0).alias("refund_share"),
+            impressions_n.cast("int").alias("ad_impressions"),
+            clicks_n.cast("int").alias("ad_clicks"),
+            ad_ctr.alias("ad_ctr"),
+        )
+    )
+
+
+def churn_design(frame: pd.DataFrame, age_edges: Sequence[int] = AGE_EDGES) -> pd.DataFrame:
+    """The churn table as a numeric frame for lifelines: ``duration_days``, ``churned`` and covariates.
+
+    Categorical covariates become indicators against a fixed reference level (unknown gender,
+    age ``35-44`` for the default edges), so the columns are the same for every run.
+
+    Args:
+        frame: A pandas frame of :func:`churn_table` rows.
+        age_edges: The edges the table was built with.
+
+    Returns:
+        A pandas frame with ``duration_days``, ``churned`` and :data:`CHURN_COVARIATES` (default
+        edges) or the matching ``age_*`` indicators (other edges), no missing values.
+    """
+    import numpy as np
+    import pandas as pd
+
+    inner = [f"{lo}-{hi - 1}" for lo, hi in zip(age_edges, age_edges[1:])]
+    bands = [f"<{age_edges[0]}", *inner, f"{age_edges[-1]}+"]
+    reference = bands[(len(bands) - 1) // 2]
+    out = pd.DataFrame(
+        {"duration_days": frame["duration_days"].astype(int), "churned": frame["churned"].astype(int)}
+    )
+    for c in ("opt_in_sms", "opt_in_push", "opt_in_email"):
+        out[c] = frame[c].astype(int)
+    for g in ("F", "M"):
+        out[f"gender_{g}"] = (frame["gender"] == g).astype(int)
+    for band in bands + [MISSING]:
+        if band == reference:
+            continue
+        label = band.replace("<", "lt").replace("+", "plus").replace("-", "_")
+        out["age_unknown" if band == MISSING else f"age_{label}"] = (frame["age_band"] == band).astype(int)
+    # A user without a signup time (orders of users absent from users.csv) gets the median: an
+    # indicator column for a handful of rows only destabilises the fit.
+    age = frame["account_age_days"].astype(float)
+    out["log_account_age_days"] = np.log1p(age.fillna(age.median() if age.notna().any() else 0.0).clip(lower=0))
+    out["has_paid_order"] = frame["has_paid_order"].astype(int)
+    out["log_avg_order_value"] = np.log1p(frame["avg_order_value"].astype(float))
+    out["ad_ctr_pct"] = 100.0 * frame["ad_ctr"].astype(float)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the CTR table back (no Spark needed)
+# ---------------------------------------------------------------------------------------------
+
+
+class CtrMatrix(NamedTuple):
+    """A split of the CTR table, ready for scikit-learn."""
+
+    X: Any  # scipy.sparse.csr_matrix, rows x spec["size"]
+    y: Any  # numpy int array of 0/1 labels
+    impression_ids: list[str]
+    spec: dict
+
+
+def _vectors_to_csr(struct: pa.StructArray, size: int) -> Any:
+    """CSR matrix from an Arrow column of Spark ML vectors (struct type/size/indices/values)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    kinds = struct.field("type").to_numpy(zero_copy_only=False)
+    if len(kinds) and (kinds == 0).all():
+        indices = struct.field("indices")
+        offsets = indices.offsets.to_numpy()
+        indptr = offsets - offsets[0]
+        cols = indices.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
+        vals = struct.field("values").flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        return sp.csr_matrix((vals, cols, indptr), shape=(len(kinds), size))
+    rows = []
+    for v in struct.to_pylist():  # dense rows (never written by ctr_vectors, handled for safety)
+        if v["type"] == 1:
+            rows.append(sp.csr_matrix(np.asarray(v["values"], dtype=np.float64).reshape(1, -1)))
+        else:
+            rows.append(sp.csr_matrix((v["values"], v["indices"], [0, len(v["indices"])]), shape=(1, size)))
+    return sp.vstack(rows, format="csr") if rows else sp.csr_matrix((0, size))
+
+
+def load_ctr_matrix(lake: Lake, split: str | None = None, run_id: str | None = None) -> CtrMatrix:
+    """Read a CTR table split into ``scipy.sparse`` features and labels.
+
+    Args:
+        lake: The lake (``open_lake(settings)``).
+        split: ``train``, ``test`` or ``None`` for both (train first).
+        run_id: A ``features/ctr_train`` run; default the one in ``latest.json``.
+
+    Returns:
+        ``X`` (CSR, ``spec["size"]`` columns), ``y``, the impression ids in row order, the spec.
+
+    Raises:
+        InvalidArgument: ``split`` is not ``train``, ``test`` or ``None``.
+        NotFound: no CTR table has been written (or ``run_id`` does not exist).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import scipy.sparse as sp
+
+    if split not in (None, "train", "test"):
+        raise InvalidArgument("split must be 'train', 'test' or None", field="split")
+    if run_id is None:
+        if not lake.exists(Zone.FEATURES, "ctr_train", "latest.json"):
+            raise NotFound("no CTR training table yet: run the training_tables job first")
+        run_id = lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")["run_id"]
+    run = f"ctr_train/run={run_id}"
+    spec = lake.read_json(Zone.FEATURES, run, "_feature_spec.json")
+    parts = []
+    for name in ("train", "test") if split is None else (split,):
+        folder = f"{run}/split={name}"
+        for f in lake.list_dir(Zone.FEATURES, folder):
+            if f.endswith(".parquet"):
+                data = lake.read_bytes(Zone.FEATURES, folder, f)
+                parts.append(pq.read_table(io.BytesIO(data), columns=["impression_id", "label", "features"]))
+    if not parts:
+        return CtrMatrix(sp.csr_matrix((0, spec["size"])), np.zeros(0, dtype=int), [], spec)
+    table = pa.concat_tables(parts)
+    X = _vectors_to_csr(table.column("features").combine_chunks(), int(spec["size"]))
+    y = table.column("label").to_numpy().astype(int)
+    return CtrMatrix(X, y, table.column("impression_id").to_pylist(), spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+def default_as_of(*frames: tuple[DataFrame, str]) -> date:
+    """The day after the last activity of any of ``(frame, time column)`` (one Spark job).
+
+    Raises:
+        FailedPrecondition: every frame is empty.
+    """
+    times = [frame.select(F.col(col).alias("_t")) for frame, col in frames]
+    union = times[0]
+    for t in times[1:]:
+        union = union.unionByName(t)
+    last = union.agg(F.max("_t")).first()[0]
+    if last is None:
+        raise FailedPrecondition("the raw zone has no orders or impressions: run `pmkt ingest` first")
+    return last.date() + timedelta(days=1)
+
+
+def _read_raw(spark, lake: Lake, name: str) -> DataFrame:
+    if name == "events":  # delivered and real-time events, forgotten users excluded
+        events = read_events(spark, lake)
+        return events if events is not None else spark.createDataFrame([], _EMPTY_SCHEMAS[name])
+    if not lake.exists(Zone.RAW, name):
+        log.info("raw zone has no %s: using an empty table", name)
+        return spark.createDataFrame([], _EMPTY_SCHEMAS[name])
+    # Users who asked to be forgotten stay out of every build.
+    return exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, name)), lake)
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 6) if denominator else None
+
+
+def main(
+    settings: Settings,
+    *,
+    as_of: date | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    inactivity_days: int = 90,
+    hash_buckets: int = 2**14,
+    min_count: int = 5,
+    test_fraction: float = 0.2,
+    lookback_days: int = 30,
+    ctr_prior: float = 20.0,
+    age_edges: Sequence[int] = AGE_EDGES,
+) -> dict:
+    """Build the CTR and churn training tables from the raw zone and write them to the lake.
+
+    Args:
+        settings: Platform settings (lake, Spark).
+        as_of: Cut-off: impressions, orders and events on or after it are ignored; the churn
+            observation end. Default: the day after the last order, event or impression.
+        run_id: Run id; default a new one.
+        progress: Called as ``progress(step, fraction)``.
+        inactivity_days: Churn window ``W`` (see :func:`churn_table`).
+        hash_buckets: Slots of the hashed block of the CTR vector.
+        min_count: Train occurrences a one-hot value needs to get its own slot.
+        test_fraction: Share of the latest impressions in the test split.
+        lookback_days: Window of the CTR feature ``events_recent``.
+        ctr_prior: Pseudo-impressions of the churn covariate ``ad_ctr``.
+        age_edges: Age band edges.
+
+    Returns:
+        ``run_id``, ``as_of`` and the metadata of both tables (``ctr``, ``churn``) as written to
+        their ``latest.json``.
+
+    Raises:
+        FailedPrecondition: no orders or no impressions have been ingested.
+    """
+    from spark_jobs.session import get_spark
+
+    step = progress or (lambda _s, _f: None)
+    lake = open_lake(settings)
+    for needed in ("orders", "impressions"):
+        if not lake.exists(Zone.RAW, needed):
+            raise FailedPrecondition(f"the raw zone has no {needed}: run `pmkt ingest DIR` first")
+    spark = get_spark(settings, "pmkt-training-tables")
+    run_id = run_id or new_run_id()
+    step("reading the raw zone", 0.0)
+    orders, impressions, users, events = (
+        _read_raw(spark, lake, name) for name in ("orders", "impressions", "users", "events")
+    )
+    as_of = as_of or default_as_of((orders, "order_time"), (events, "ts"), (impressions, "ts"))
+    cut = F.lit(datetime.combine(as_of, datetime.min.time()))
+
+    step("CTR rows", 0.1)
+    base = ctr_rows(
+        impressions.where(F.col("ts") < cut), users, orders, events, age_edges=age_edges, lookback_days=lookback_days
+    ).cache()
+    rows, split_date = time_split(base, test_fraction)
+    step("CTR feature spec", 0.35)
+    spec = fit_ctr_spec(rows.where(F.col("split") == "train"), hash_buckets, min_count)
+    step("writing the CTR table", 0.45)
+    ctr_rel = f"ctr_train/run={run_id}"
+    ctr_vectors(rows, spec).write.mode("overwrite").partitionBy("split").parquet(lake.uri(Zone.FEATURES, ctr_rel))
+    base.unpersist()
+    written = spark.read.parquet(lake.uri(Zone.FEATURES, ctr_rel))
+    counts = {r.split: (r.n, r.pos) for r in written.groupBy("split").agg(
+        F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos")).collect()}
+    n_train, pos_train = counts.get("train", (0, 0))
+    n_test, pos_test = counts.get("test", (0, 0))
+    lake.write_json(spec, Zone.FEATURES, ctr_rel, "_feature_spec.json")
+    ctr_meta = {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "path": f"{Zone.FEATURES.value}/{ctr_rel}",
+        "spec_path": f"{Zone.FEATURES.value}/{ctr_rel}/_feature_spec.json",
+        "rows": n_train + n_test,
+        "rows_train": n_train,
+        "rows_test": n_test,
+        "positive_rate": _rate(pos_train + pos_test, n_train + n_test),
+        "positive_rate_train": _rate(pos_train, n_train),
+        "positive_rate_test": _rate(pos_test, n_test),
+        "split_date": split_date.isoformat(),
+        "features": spec["size"],
+        "hash_buckets": hash_buckets,
+        "lookback_days": lookback_days,
+    }
+    lake.write_json(ctr_meta, Zone.FEATURES, ctr_rel, "_meta.json")
+    lake.write_json(ctr_meta, Zone.FEATURES, "ctr_train", "latest.json")
+
+    step("churn table", 0.7)
+    churn_rel = f"churn/run={run_id}"
+    churn_table(
+        users, orders, events, impressions, as_of,
+        inactivity_days=inactivity_days, ctr_prior=ctr_prior, age_edges=age_edges,
+    ).write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, churn_rel))
+    stats = spark.read.parquet(lake.uri(Zone.FEATURES, churn_rel)).agg(
+        F.count(F.lit(1)).alias("n"), F.sum("churned").alias("churned"), F.min("duration_days").alias("min_d")
+    ).first()
+    n_users, n_churned = stats.n, stats.churned or 0
+    churn_meta = {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "path": f"{Zone.FEATURES.value}/{churn_rel}",
+        "users": n_users,
+        "churned": n_churned,
+        "censored": n_users - n_churned,
+        "churn_rate": _rate(n_churned, n_users),
+        "censoring_rate": _rate(n_users - n_churned, n_users),
+        "inactivity_days": inactivity_days,
+        "min_duration_days": stats.min_d,
+    }
+    lake.write_json(churn_meta, Zone.FEATURES, churn_rel, "_meta.json")
+    lake.write_json(churn_meta, Zone.FEATURES, "churn", "latest.json")
+    step("done", 1.0)
+    log.info(
+        "training tables run %s as of %s: %d impressions (CTR %.4f), %d users (censored %.3f)",
+        run_id, as_of, ctr_meta["rows"], ctr_meta["positive_rate"] or 0.0,
+        n_users, churn_meta["censoring_rate"] or 0.0,
+    )
+    return {"run_id": run_id, "as_of": as_of.isoformat(), "ctr": ctr_meta, "churn": churn_meta}
