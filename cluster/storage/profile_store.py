@@ -7,6 +7,7 @@ Cells are bytes encoded by :mod:`cluster.storage.keys`; counters (family ``c``) 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -250,6 +251,7 @@ class HBaseProfileStore(ProfileStore):
         self.pool_size = pool_size
         self._pool = None
         self._created = False
+        self._last_used: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def _connection(self):
@@ -287,6 +289,41 @@ class HBaseProfileStore(ProfileStore):
         with self._connection():
             return bool(self._created)
 
+    #: The Thrift server drops idle connections (hbase.thrift.server.socket.read.timeout, 60 s
+    #: by default); a pooled connection idle longer than this is reopened before use, so the
+    #: first request after a quiet spell does not fail on a dead socket.
+    IDLE_REOPEN_S = 20.0
+
+    @contextlib.contextmanager
+    def _conn(self):
+        with self._connection() as conn:
+            last = self._last_used.get(id(conn))
+            if last is not None and time.monotonic() - last > self.IDLE_REOPEN_S:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - the socket is likely dead already
+                    pass
+                conn.open()
+            try:
+                yield conn
+            finally:
+                self._last_used[id(conn)] = time.monotonic()
+
+    def _call(self, fn, *, retry: bool):
+        """Run ``fn(conn)``; a transport error is retried once on a fresh connection when the
+        operation is idempotent (``retry``), and otherwise becomes Unavailable, never a bare
+        Thrift exception (which a server would answer as INTERNAL)."""
+        from thriftpy2.thrift import TException
+
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self._conn() as conn:
+                    return fn(conn)
+            except (TException, OSError) as exc:  # happybase's pool replaces the broken connection
+                if attempt + 1 == attempts:
+                    raise Unavailable(f"HBase Thrift server {self.host}:{self.port}: {exc}") from exc
+
     def _key(self, user_id: str) -> bytes:
         from cluster.storage.keys import row_key
 
@@ -294,7 +331,7 @@ class HBaseProfileStore(ProfileStore):
 
     def write_batch(self, rows: Iterable[tuple[str, Mapping[str, CellValue]]]) -> int:
         users = 0
-        with self._connection() as conn:
+        with self._conn() as conn:
             table = conn.table(self.table_name)
             with table.batch(batch_size=self.batch_size) as batch:
                 for user_id, cells in rows:
@@ -312,20 +349,20 @@ class HBaseProfileStore(ProfileStore):
                 cols.append(family.encode())  # a bare family name fetches the whole family
             if not cols:
                 return None
-        with self._connection() as conn:
-            row = conn.table(self.table_name).row(self._key(user_id), columns=cols)
+        row = self._call(lambda conn: conn.table(self.table_name).row(self._key(user_id), columns=cols), retry=True)
         return {k.decode(): v for k, v in row.items()} or None
 
     def increment(self, user_id: str, column: str, amount: int = 1) -> int:
         family, _ = split_column(column)
         if family != COUNTER_FAMILY:
             raise ValueError(f"only counter columns ({COUNTER_FAMILY}:...) can be incremented, not {column}")
-        with self._connection() as conn:
-            return int(conn.table(self.table_name).counter_inc(self._key(user_id), column.encode(), amount))
+        # Not retried: the first attempt may have counted before its answer was lost.
+        return int(self._call(
+            lambda conn: conn.table(self.table_name).counter_inc(self._key(user_id), column.encode(), amount),
+            retry=False))
 
     def delete(self, user_id: str) -> None:
-        with self._connection() as conn:
-            conn.table(self.table_name).delete(self._key(user_id))
+        self._call(lambda conn: conn.table(self.table_name).delete(self._key(user_id)), retry=True)
 
     def count_users(self) -> int:
         with self._connection() as conn:

@@ -118,6 +118,9 @@ class _RecentIds:
         self.size = size
         self._ids: OrderedDict[str, None] = OrderedDict()
 
+    def forget(self, key: str) -> None:
+        self._ids.pop(key, None)
+
     def seen(self, key: str) -> bool:
         if key in self._ids:
             self._ids.move_to_end(key)
@@ -182,10 +185,18 @@ class EventIntake:
                 result.duplicates += 1
                 continue
             accepted.append(row)
-        for row in accepted:
-            self.store.increment(row["user_id"], f"c:{row['action']}")
-            if row["category"]:
-                self.store.increment(row["user_id"], f"c:{row['action']}:{row['category']}")
+        for done, row in enumerate(accepted):
+            try:
+                self.store.increment(row["user_id"], f"c:{row['action']}")
+                if row["category"]:
+                    self.store.increment(row["user_id"], f"c:{row['action']}:{row['category']}")
+            except Exception:
+                # The store failed (Unavailable): events not counted yet must count when the
+                # client re-sends the batch, so they are not remembered as seen.
+                with self._lock:
+                    for later in accepted[done:]:
+                        self._recent.forget(later["event_id"])
+                raise
         result.accepted = len(accepted)
         if accepted:
             received = now

@@ -41,3 +41,15 @@ def test_hbase_row_keys_are_salted(hbase_store, run_tag):
     with hbase_store._connection() as conn:
         keys = [k for k, _ in conn.table(hbase_store.table_name).scan(row_prefix=row_key(uid, hbase_store.salt_buckets))]
     assert keys == [row_key(uid, hbase_store.salt_buckets)]
+
+
+def test_hbase_store_survives_the_thrift_servers_idle_timeout(hbase_store, run_tag):
+    """The Thrift server closes connections idle for 60 s; the store's pooled connection must
+    not make the next request fail (a served GetProfile answered INTERNAL before this)."""
+    import time
+
+    uid = f"idle-{run_tag}"
+    hbase_store.write_batch([(uid, {"f:r": 1})])
+    time.sleep(70)
+    assert hbase_store.read(uid, ["f:r"]) == {"f:r": b"1"}
+    assert hbase_store.increment(uid, "c:view") == 1

@@ -125,3 +125,26 @@ def test_a_failed_flush_keeps_the_events(parts, monkeypatch):
         intake.flush()
     monkeypatch.undo()
     assert intake.flush() == 2
+
+
+def test_events_not_counted_because_the_store_failed_count_when_resent(parts, monkeypatch):
+    from cluster.errors import Unavailable
+
+    store, _lake, intake, _ = parts
+    real = store.increment
+    calls = {"n": 0}
+
+    def flaky(user_id, column, amount=1):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second event's first counter
+            raise Unavailable("HBase Thrift server down")
+        return real(user_id, column, amount)
+
+    monkeypatch.setattr(store, "increment", flaky)
+    batch = [_event(1), _event(2), _event(3)]
+    with pytest.raises(Unavailable):
+        intake.track(batch)
+    monkeypatch.setattr(store, "increment", real)
+    again = intake.track(batch)
+    assert (again.accepted, again.duplicates) == (2, 1)  # e1 was counted, e2 and e3 now are
+    assert decode_counter(store.read("u1", ["c:view"])["c:view"]) == 3
