@@ -14,11 +14,20 @@ __all__ = [
     "ACTIONS",
     "ORDER_STATUSES",
     "GENDERS",
+    "TS_ISO_OFFSET",
+    "TS_LOCAL",
+    "TS_EPOCH_MS",
     "Reason",
     "REASONS",
     "dataset",
 ]
 
+#: The three accepted timestamp formats (docs/data-contract.md), as regular expressions that
+#: mean the same in Python and in Java (Spark's rlike): ISO-8601 with an offset, wall time in
+#: ingest.source_timezone, and 13-digit epoch milliseconds.
+TS_ISO_OFFSET = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
+TS_LOCAL = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
+TS_EPOCH_MS = r"^\d{13}$"
 #: Behaviour actions accepted in events.jsonl.
 ACTIONS = ("view", "click", "favorite", "cart", "remove_cart", "purchase")
 #: Order statuses; an empty status means ``paid``.

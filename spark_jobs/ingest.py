@@ -36,7 +36,17 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from cluster.contract import ACTIONS, DATASETS, GENDERS, ORDER_STATUSES, REASONS, Dataset
+from cluster.contract import (
+    ACTIONS,
+    DATASETS,
+    GENDERS,
+    ORDER_STATUSES,
+    REASONS,
+    TS_EPOCH_MS,
+    TS_ISO_OFFSET,
+    TS_LOCAL,
+    Dataset,
+)
 from cluster.errors import DataContractError, InvalidArgument, PlatformError
 from cluster.privacy import HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN, PHONE_COLUMN, KeyRing, load_keyring
 from cluster.settings import Settings
@@ -94,9 +104,7 @@ CONFLICT = _code("conflicting_duplicate")
 
 # --- value formats -----------------------------------------------------------------------
 
-_TS_ISO_OFFSET = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
-_TS_LOCAL = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
-_TS_EPOCH_MS = r"^\d{13}$"
+_TS_ISO_OFFSET, _TS_LOCAL, _TS_EPOCH_MS = TS_ISO_OFFSET, TS_LOCAL, TS_EPOCH_MS
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
 _NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
 _INTEGER = r"^\+?\d+$"

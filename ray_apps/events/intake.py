@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from cluster.contract import ACTIONS
+from cluster.contract import ACTIONS, TS_EPOCH_MS, TS_ISO_OFFSET, TS_LOCAL
 from cluster.errors import InvalidArgument
 from cluster.storage import Lake, ProfileStore, Zone
 
@@ -42,9 +42,7 @@ EVENT_FIELDS = ("event_id", "user_id", "ts", "action", "item_id", "category", "b
 REQUIRED = ("event_id", "user_id", "ts", "action")
 #: Lake folder (under the raw zone) of events taken in real time (spark_jobs.common reads it).
 RT_EVENTS_DIR = "events_rt"
-_TS_ISO_OFFSET = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
-_TS_LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
-_TS_EPOCH_MS = re.compile(r"^\d{13}$")
+_TS_ISO_OFFSET, _TS_LOCAL, _TS_EPOCH_MS = (re.compile(p) for p in (TS_ISO_OFFSET, TS_LOCAL, TS_EPOCH_MS))
 _MAX_TEXT = 256
 
 
