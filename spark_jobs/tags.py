@@ -61,20 +61,24 @@ import math
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from cluster.errors import FailedPrecondition
+from cluster.feature_io import (  # re-exported (Spark-free)
+    Interactions,
+    load_interactions,
+)
 from cluster.settings import Settings
 from cluster.storage import Lake, Zone, open_lake, open_profile_store
 from spark_jobs.common import exclude_forgotten, read_events
 from spark_jobs.rfm import default_as_of, new_run_id
 
 if TYPE_CHECKING:
-    from scipy.sparse import csr_matrix
+    pass
 
 __all__ = [
     "ACTION_WEIGHTS",
@@ -480,50 +484,6 @@ def index_interactions(entries: DataFrame) -> tuple[DataFrame, DataFrame, DataFr
     items = _index(entries, "item_id")
     matrix = entries.join(users, "user_id").join(items, "item_id").select("user_idx", "item_idx", "value")
     return matrix, users, items
-
-
-class Interactions(NamedTuple):
-    """The interaction matrix as the recommender uses it."""
-
-    #: Shape (users, items); row i is ``user_ids[i]``, column j is ``item_ids[j]``.
-    matrix: csr_matrix
-    #: User id of each row.
-    user_ids: list[str]
-    #: Item id of each column.
-    item_ids: list[str]
-    #: The run's metadata (its ``_meta.json``: run id, as-of day, counts, path).
-    meta: dict
-
-
-def load_interactions(lake: Lake, run_id: str | None = None, dtype: str = "float32") -> Interactions:
-    """Load an interaction matrix written by :func:`main` into a ``scipy.sparse.csr_matrix``.
-
-    Reads Parquet through the lake (no Spark), so the recommender can use it as it is.
-
-    Args:
-        lake: The lake (:func:`cluster.storage.open_lake`).
-        run_id: The run to load; the newest (``features/interactions/latest.json``) by default.
-        dtype: Value type of the matrix (float32 suits implicit-feedback models).
-
-    Raises:
-        NotFound: no interaction matrix (or no such run) in the lake.
-    """
-    from scipy.sparse import csr_matrix
-
-    if run_id:
-        meta = lake.read_json(Zone.FEATURES, f"interactions/run={run_id}", "_meta.json")
-    else:
-        meta = lake.read_json(Zone.FEATURES, "interactions", "latest.json")
-    base = meta["path"]
-    users = lake.read_parquet(base, "users").sort_values("user_idx")
-    items = lake.read_parquet(base, "items").sort_values("item_idx")
-    cells = lake.read_parquet(base, "matrix")
-    # Indices are 0..n-1 by construction (index_interactions), so row i is users' i-th id.
-    matrix = csr_matrix(
-        (cells["value"].to_numpy(dtype=dtype), (cells["user_idx"].to_numpy(), cells["item_idx"].to_numpy())),
-        shape=(len(users), len(items)),
-    )
-    return Interactions(matrix, users["user_id"].tolist(), items["item_id"].tolist(), meta)
 
 
 def _pairs(items: list[Row] | None, name: str, score: str) -> str:
