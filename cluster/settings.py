@@ -239,6 +239,8 @@ class SegmentSettings(_Model):
     # -- rows sampled to compute the silhouette (the full score is quadratic in rows)
     silhouette_sample: int = Field(5000, ge=100)
     seed: int = 42
+    # -- cluster on log RFM plus predicted CLV (needs `pmkt features clv`); false: RFM alone
+    with_clv: bool = True
 
     @model_validator(mode="after")
     def _ordered(self) -> "SegmentSettings":

@@ -1,8 +1,15 @@
 """A model registry in the lake: ``registry/<model>/vNNNN/`` plus a ``current.json`` pointer.
 
-Each version holds ``model.pkl`` (joblib), ``metrics.json``, ``params.json`` and
-``meta.json`` (created_at, feature run id, code version). A version is written completely
-before the pointer moves, so a reader never sees a half-written model.
+Each version holds ``model.pkl`` (joblib), ``metrics.json``, ``params.json``, optional
+extras (``tuning.json``: the search that produced it) and ``meta.json`` (created_at, feature
+run id, code version). A version is written completely before the pointer moves, so a reader
+never sees a half-written model.
+
+``current.json`` is ``{"version": ..., "stack": [...], "log": [...]}``: ``stack`` holds the
+versions that were made current, oldest first, its top is the serving version; ``promote``
+pushes, ``rollback`` pops back to the version served before (repeatedly, down to the first);
+``log`` records every change with its time and reason. Serving replicas re-read the pointer
+every ``serve.model_refresh_s`` seconds, so a promote or rollback needs no restart.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 
 import joblib
 
-from cluster.errors import InvalidArgument, NotFound
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from cluster.storage import Lake, Zone
 
 __all__ = ["ModelRegistry", "ModelVersion", "code_version"]
@@ -90,6 +97,7 @@ class ModelRegistry:
         params: dict[str, Any],
         feature_run_id: str | None,
         make_current: bool = True,
+        extras: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Store a new version and (by default) make it the current one.
 
@@ -112,12 +120,98 @@ class ModelRegistry:
         self.lake.write_bytes(buf.getvalue(), Zone.REGISTRY, name, version, "model.pkl")
         self.lake.write_json(metrics, Zone.REGISTRY, name, version, "metrics.json")
         self.lake.write_json(params, Zone.REGISTRY, name, version, "params.json")
+        for file, content in (extras or {}).items():
+            self.lake.write_json(content, Zone.REGISTRY, name, version, file)
         # meta.json last: a version folder without it is incomplete and ignored by readers.
         self.lake.write_json(meta, Zone.REGISTRY, name, version, "meta.json")
         if make_current:
-            self.lake.write_json({"version": version}, Zone.REGISTRY, name, "current.json")
+            self._move(name, version, push=True, reason="registered")
         log.info("registered %s/%s", name, version)
         return self.get(name, version)
+
+    def _pointer(self, name: str) -> dict[str, Any]:
+        try:
+            pointer = self.lake.read_json(Zone.REGISTRY, name, "current.json")
+        except NotFound:
+            return {"version": None, "stack": [], "log": []}
+        # Pointers written before promote/rollback existed hold only "version".
+        pointer.setdefault("stack", [pointer["version"]] if pointer.get("version") else [])
+        pointer.setdefault("log", [])
+        return pointer
+
+    def _move(self, name: str, version: str, *, push: bool, reason: str) -> dict[str, Any]:
+        pointer = self._pointer(name)
+        before = pointer["version"]
+        if push:
+            pointer["stack"].append(version)
+        pointer["version"] = version
+        pointer["log"].append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "from": before, "to": version, "reason": reason})
+        pointer["log"] = pointer["log"][-200:]
+        self.lake.write_json(pointer, Zone.REGISTRY, name, "current.json")
+        return pointer
+
+    def models(self) -> list[str]:
+        """Names of the models with at least one version."""
+        return sorted(n for n in self.lake.list_dir(Zone.REGISTRY) if _NAME_RE.match(n) and self._has_versions(n))
+
+    def _has_versions(self, name: str) -> bool:
+        try:
+            return bool(self.versions(name))
+        except NotFound:
+            return False
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Every change of the current version, oldest first (``at``, ``from``, ``to``, ``reason``)."""
+        self._check_name(name)
+        return list(self._pointer(name)["log"])
+
+    def promote(self, name: str, version: str, *, reason: str = "promoted") -> ModelVersion:
+        """Make ``version`` the one serving uses (serving picks it up within ``model_refresh_s``).
+
+        Raises:
+            NotFound: no such version.
+        """
+        mv = self.get(name, version)  # validates the name and that the version is complete
+        pointer = self._pointer(name)
+        if pointer["version"] == mv.version:
+            return mv
+        self._move(name, mv.version, push=True, reason=reason)
+        log.info("promoted %s", mv.ref)
+        return mv
+
+    def rollback(self, name: str, *, reason: str = "rolled back") -> ModelVersion:
+        """Return to the version that was current before the current one.
+
+        Raises:
+            NotFound: the model has never been trained.
+            FailedPrecondition: the current version is the first one ever made current.
+        """
+        self._check_name(name)
+        pointer = self._pointer(name)
+        if pointer["version"] is None:
+            raise NotFound(f"no {name} model has been trained yet: run `pmkt tune {name}`")
+        stack = pointer["stack"]
+        if len(stack) < 2:
+            raise FailedPrecondition(f"{name}/{pointer['version']} is the first version served; nothing to roll back to")
+        # The top of the stack is the serving version (register, promote and rollback keep it so).
+        stack.pop()
+        target = stack[-1]
+        pointer["log"].append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "from": pointer["version"], "to": target, "reason": reason})
+        pointer["version"] = target
+        self.lake.write_json(pointer, Zone.REGISTRY, name, "current.json")
+        log.info("rolled %s back to %s", name, target)
+        return self.get(name, target)
+
+    def extra(self, name: str, version: str, file: str) -> Any:
+        """An extra JSON file of a version (``tuning.json``).
+
+        Raises:
+            NotFound: the version has no such file.
+        """
+        self._check_name(name)
+        return self.lake.read_json(Zone.REGISTRY, name, version, file)
 
     def current_version(self, name: str) -> str:
         """The version serving should use.
@@ -126,10 +220,10 @@ class ModelRegistry:
             NotFound: the model has never been trained.
         """
         self._check_name(name)
-        try:
-            return self.lake.read_json(Zone.REGISTRY, name, "current.json")["version"]
-        except NotFound:
-            raise NotFound(f"no {name} model has been trained yet: run `pmkt train {name}`") from None
+        version = self._pointer(name)["version"]
+        if version is None:
+            raise NotFound(f"no {name} model has been trained yet: run `pmkt tune {name}`")
+        return version
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """Metadata of a version (default: the current one)."""

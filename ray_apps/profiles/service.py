@@ -30,7 +30,12 @@ from collections.abc import Sequence
 from cluster.errors import InvalidArgument, NotFound
 from cluster.storage import ProfileStore, decode_counter, decode_float, decode_str
 from protos.marketing.v1 import profile_pb2
-from ray_apps.segments.service import RFM_CELLS, CurrentSegmentModel, validate_user_id
+from ray_apps.segments.service import (
+    EXTRA_CELLS,
+    RFM_CELLS,
+    CurrentSegmentModel,
+    validate_user_id,
+)
 
 __all__ = ["ProfileLookup", "PROFILE_FIELDS", "ATTRIBUTE_CELLS", "CONSENT_CELLS", "SCORE_CELLS"]
 
@@ -50,7 +55,7 @@ PROFILE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rfm": (RFM_CELLS, ()),
     "scores": (tuple(f"m:{c}" for c in SCORE_CELLS), ()),
     "updated": (("f:profile_built_at",), ()),
-    "segment": (RFM_CELLS, ()),
+    "segment": ((*RFM_CELLS, *EXTRA_CELLS.values()), ()),
 }
 WEIGHTED_CELL = "t:tfidf_top"
 
@@ -169,7 +174,10 @@ class ProfileLookup:
             lookup = self.segments.lookup()
         except Exception:  # noqa: BLE001 - no model yet: the profile is still useful without it
             return
-        seg = lookup.from_cells(p.user_id, cells)
+        try:
+            seg = lookup.from_cells(p.user_id, cells)
+        except NotFound:  # an input the model needs (CLV) is missing: no segment, the rest stands
+            return
         p.segment.segment_id = seg.segment_id
         p.segment.segment_name = seg.segment_name
         p.segment.model_version = seg.model_version

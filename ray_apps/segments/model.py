@@ -1,6 +1,7 @@
 """K-means customer segmentation on RFM, as a scikit-learn style estimator.
 
-Features are ``[log1p(recency_days), log1p(frequency), log1p(monetary)]`` standardised:
+Features are ``[log1p(recency_days), log1p(frequency), log1p(monetary)]`` (plus
+``log1p(clv_predicted)`` when the model is built with CLV, :data:`FEATURES_WITH_CLV`) standardised:
 RFM values are heavily right-skewed, and K-means on raw standardised values spends its
 clusters on a handful of extreme spenders. Segments are named from their centroids by
 the classic RFM rules (see :func:`name_segment`), applied in that same log space: arithmetic
@@ -16,9 +17,12 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["RFMSegmenter", "FEATURES", "name_segment", "SEGMENT_NAMES"]
+__all__ = ["RFMSegmenter", "FEATURES", "FEATURES_WITH_CLV", "name_segment", "SEGMENT_NAMES"]
 
 FEATURES = ("recency_days", "frequency", "monetary")
+#: RFM plus the predicted CLV (``features/clv``'s ``clv_predicted``, CNY over the CLV horizon).
+#: Names still come from the first three (R, F, M): CLV sharpens the clusters, the RFM rules name them.
+FEATURES_WITH_CLV = (*FEATURES, "clv_predicted")
 
 #: (recent, frequent, high-spending) -> (English name, Chinese name). "recent" means the
 #: centroid's log recency is below the population's mean log recency; the others are above
@@ -49,17 +53,17 @@ def name_segment(standardised_centroid: np.ndarray) -> tuple[str, str]:
     return SEGMENT_NAMES[(bool(z[0] < 0), bool(z[1] > 0), bool(z[2] > 0))]
 
 
-def _as_matrix(X) -> np.ndarray:
+def _as_matrix(X, features: tuple[str, ...] = FEATURES) -> np.ndarray:
     if isinstance(X, pd.DataFrame):
-        missing = [c for c in FEATURES if c not in X.columns]
+        missing = [c for c in features if c not in X.columns]
         if missing:
-            raise ValueError(f"RFM frame lacks columns {missing}")
-        X = X[list(FEATURES)].to_numpy(dtype=float)
+            raise ValueError(f"feature frame lacks columns {missing}")
+        X = X[list(features)].to_numpy(dtype=float)
     X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or X.shape[1] != len(FEATURES):
-        raise ValueError(f"expected an (n, 3) array of {FEATURES}, got shape {X.shape}")
+    if X.ndim != 2 or X.shape[1] != len(features):
+        raise ValueError(f"expected an (n, {len(features)}) array of {features}, got shape {X.shape}")
     if not np.isfinite(X).all() or (X < 0).any():
-        raise ValueError("RFM values must be finite and non-negative")
+        raise ValueError("RFM and CLV values must be finite and non-negative")
     return X
 
 
@@ -70,6 +74,8 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
         n_clusters: Number of segments.
         n_init: K-means restarts.
         random_state: Seed for reproducible segments.
+        features: Input columns, :data:`FEATURES` or :data:`FEATURES_WITH_CLV`; the first three
+            must be recency, frequency and monetary (the naming rules read them).
 
     Attributes:
         scaler_: The fitted StandardScaler (on log1p features).
@@ -80,18 +86,27 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
         labels_: Segment of each training row.
     """
 
-    def __init__(self, n_clusters: int = 5, n_init: int = 10, random_state: int | None = 42) -> None:
+    def __init__(self, n_clusters: int = 5, n_init: int = 10, random_state: int | None = 42,
+                 features: tuple[str, ...] = FEATURES) -> None:
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.random_state = random_state
+        self.features = features
+
+    @property
+    def features_(self) -> tuple[str, ...]:
+        """The input columns (models pickled before CLV was added have RFM only)."""
+        return tuple(getattr(self, "features", FEATURES))
 
     def _features(self, X) -> np.ndarray:
-        return np.log1p(_as_matrix(X))
+        return np.log1p(_as_matrix(X, self.features_))
 
     def fit(self, X, y=None) -> "RFMSegmenter":
         if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
             raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
-        raw = _as_matrix(X)
+        if tuple(self.features_[:3]) != FEATURES:
+            raise ValueError(f"the first features must be {FEATURES}, got {self.features_}")
+        raw = _as_matrix(X, self.features_)
         if len(raw) < self.n_clusters:
             raise ValueError(f"need at least {self.n_clusters} users, got {len(raw)}")
         Z = np.log1p(raw)
@@ -99,8 +114,10 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
         self.kmeans_ = KMeans(n_clusters=self.n_clusters, n_init=self.n_init, random_state=self.random_state)
         self.labels_ = self.kmeans_.fit_predict(self.scaler_.transform(Z))
         self.centroids_ = np.vstack([raw[self.labels_ == c].mean(axis=0) for c in range(self.n_clusters)])
+        # Names come from the R, F, M coordinates of the centroid (CLV, if used, is the fourth).
+
         self.sizes_ = np.bincount(self.labels_, minlength=self.n_clusters)
-        names = [name_segment(c) for c in self.kmeans_.cluster_centers_]
+        names = [name_segment(c[:3]) for c in self.kmeans_.cluster_centers_]
         self.names_, self.names_zh_ = self._disambiguate(names)
         return self
 
@@ -128,7 +145,7 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
 
     def describe(self) -> list[dict]:
         """One dict per segment: id, names, size, centroid in original units."""
-        return [
+        rows = [
             {
                 "segment_id": int(i),
                 "name": self.names_[i],
@@ -140,3 +157,7 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
             }
             for i in range(self.n_clusters)
         ]
+        if len(self.features_) > 3:
+            for row, centroid in zip(rows, self.centroids_):
+                row["clv_predicted"] = round(float(centroid[3]), 2)
+        return rows

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "segments"
 
 RFM_CELLS = ("f:rfm_recency_days", "f:rfm_frequency", "f:rfm_monetary", "f:rfm_as_of")
+#: Profile cell of each model input beyond RFM.
+EXTRA_CELLS = {"clv_predicted": "m:clv_predicted"}
 
 
 def validate_user_id(user_id: str, max_length: int, field: str = "user_id") -> str:
@@ -45,6 +47,8 @@ class SegmentLookup:
         self.model = model
         self.version = version
         self.max_user_id_length = max_user_id_length
+        self.extra = [f for f in model.features_[3:]]
+        self.cells = (*RFM_CELLS, *(EXTRA_CELLS[f] for f in self.extra))
 
     def get(self, user_id: str) -> segment_pb2.GetSegmentResponse:
         """The user's segment.
@@ -54,7 +58,7 @@ class SegmentLookup:
             NotFound: the user has no RFM features (unknown, or never purchased).
         """
         validate_user_id(user_id, self.max_user_id_length)
-        return self.from_cells(user_id, self.store.read(user_id, RFM_CELLS) or {})
+        return self.from_cells(user_id, self.store.read(user_id, self.cells) or {})
 
     def from_cells(self, user_id: str, cells: dict[str, bytes]) -> segment_pb2.GetSegmentResponse:
         """The segment for RFM cells already read from the store.
@@ -67,7 +71,13 @@ class SegmentLookup:
         recency = decode_float(cells["f:rfm_recency_days"])
         frequency = decode_float(cells["f:rfm_frequency"])
         monetary = decode_float(cells["f:rfm_monetary"])
-        label = int(self.model.predict(np.array([[recency, frequency, monetary]]))[0])
+        row = [recency, frequency, monetary]
+        for f in self.extra:
+            if EXTRA_CELLS[f] not in cells:
+                raise NotFound(f"user {user_id!r} has no {f} yet (run `pmkt features clv`), so no segment "
+                               f"from {self.version.ref}")
+            row.append(max(decode_float(cells[EXTRA_CELLS[f]]), 0.0))
+        label = int(self.model.predict(np.array([row]))[0])
         return segment_pb2.GetSegmentResponse(
             user_id=user_id,
             segment_id=label,
@@ -83,7 +93,7 @@ class CurrentSegmentModel:
     """The registry's current segments model, re-checked at most every ``refresh_s`` seconds.
 
     A deployment made before any training (the cluster's platform role deploys at
-    provisioning) answers FAILED_PRECONDITION until ``pmkt train segments`` has run, then
+    provisioning) answers FAILED_PRECONDITION until ``pmkt tune segments`` has run, then
     picks the model up without a redeploy; a later training swaps it in the same way.
     """
 
@@ -126,5 +136,5 @@ class CurrentSegmentModel:
         """
         self.refresh()
         if self._lookup is None:
-            raise FailedPrecondition(f"no {MODEL_NAME} model has been trained yet: run `pmkt train {MODEL_NAME}`")
+            raise FailedPrecondition(f"no {MODEL_NAME} model has been trained yet: run `pmkt tune {MODEL_NAME}`")
         return self._lookup

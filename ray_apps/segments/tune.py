@@ -1,152 +1,173 @@
-"""``pmkt train segments``: a Ray Tune search over k, chosen by silhouette.
+"""Segmentation as a Ray Tune search over k (``pmkt tune segments``), chosen by silhouette.
 
 Each trial fits :class:`RFMSegmenter` for one k and reports the silhouette (on a fixed
 sample: the full score is quadratic in users) and the inertia (the elbow curve). The best
-k is refitted on all users and registered with its metrics.
+k is refitted on all users and registered with its metrics, among them a one-way ANOVA and
+a Kruskal-Wallis test of CLV across the segments: do the segments differ in customer value,
+as their names claim? (Kruskal-Wallis because CLV is heavily skewed; ANOVA as the article
+reports it.)
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from cluster.errors import FailedPrecondition
+from cluster.feature_io import load_latest
 from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
-from ray_apps.registry import ModelRegistry, ModelVersion
-from ray_apps.segments.model import FEATURES, RFMSegmenter
+from cluster.storage import open_lake
+from ray_apps.registry import ModelVersion
+from ray_apps.segments.model import FEATURES, FEATURES_WITH_CLV, RFMSegmenter
 from ray_apps.segments.service import MODEL_NAME
+from ray_apps.tuning import Dataset, Fitted, TuneSpec, run_tune
 
-__all__ = ["load_rfm", "segment_trial", "train_segments", "MODEL_NAME"]
+__all__ = ["SPEC", "load_features", "segment_trial", "clv_tests", "train_segments", "MODEL_NAME"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 
 
-def load_rfm(settings: Settings) -> tuple[pd.DataFrame, dict]:
-    """The latest RFM feature table and its run metadata, read from the lake.
+def load_features(settings: Settings) -> tuple[pd.DataFrame, dict, tuple[str, ...]]:
+    """The latest RFM table joined with the latest CLV table (when ``segments.with_clv``).
+
+    Returns:
+        The frame (``user_id`` and the feature columns), the RFM run metadata, the features used.
 
     Raises:
-        FailedPrecondition: no RFM run exists yet.
+        FailedPrecondition: no RFM run, or no CLV run while ``segments.with_clv`` is set.
     """
     lake = open_lake(settings)
-    if not lake.exists(Zone.FEATURES, "rfm", "latest.json"):
-        raise FailedPrecondition("no RFM features yet: run `pmkt features rfm` first")
-    meta = lake.read_json(Zone.FEATURES, "rfm", "latest.json")
-    frame = lake.read_parquet(meta["path"], columns=["user_id", *FEATURES])
-    return frame, meta
+    frame, meta = load_latest(lake, "rfm", ["user_id", *FEATURES])
+    if not settings.segments.with_clv:
+        return frame, meta, FEATURES
+    try:
+        clv, clv_meta = load_latest(lake, "clv", ["user_id", "clv_predicted"])
+    except FailedPrecondition:
+        raise FailedPrecondition(
+            "no CLV features yet: run `pmkt features clv` first (or set segments.with_clv: false to "
+            "segment on RFM alone)") from None
+    joined = frame.merge(clv, on="user_id", how="inner")
+    if len(joined) < 0.95 * len(frame):
+        raise FailedPrecondition(
+            f"only {len(joined)} of {len(frame)} RFM users have a CLV in run {clv_meta['run_id']}: "
+            "re-run `pmkt features clv` on the same orders")
+    joined["clv_predicted"] = joined["clv_predicted"].fillna(0.0).clip(lower=0.0)
+    return joined, {**meta, "clv_run_id": clv_meta["run_id"]}, FEATURES_WITH_CLV
 
 
-def _silhouette_sample(n: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+def _load(settings: Settings, smoke_test: bool) -> Dataset:
+    seg = settings.segments
+    frame, meta, features = load_features(settings)
+    data = frame[list(features)].to_numpy(dtype=float)
+    if len(data) <= seg.k_min:
+        raise FailedPrecondition(f"only {len(data)} users have RFM features; need more than {seg.k_min}")
+    rng = np.random.default_rng(seg.seed)
+    sample = np.sort(rng.choice(len(data), size=min(len(data), seg.silhouette_sample), replace=False))
+    clv = frame["clv_predicted"].to_numpy(dtype=float) if "clv_predicted" in frame else None
+    payload = {"X": data, "sample": sample, "seed": seg.seed, "features": features, "clv": clv,
+               "as_of": meta["as_of"]}
+    run = meta["run_id"] + (f"+clv={meta['clv_run_id']}" if "clv_run_id" in meta else "")
+    return Dataset(payload, run, {"users": int(len(data)), "as_of": meta["as_of"]})
 
 
-def segment_trial(config: dict, data: np.ndarray, sample: np.ndarray, seed: int) -> dict:
-    """Fit one k and score it. Plain function: Tune runs it, tests call it directly."""
+def _space(settings: Settings, smoke_test: bool) -> dict[str, list[int]]:
+    seg = settings.segments
+    k_max = min(seg.k_max, seg.k_min + 2) if smoke_test else seg.k_max
+    return {"k": list(range(seg.k_min, k_max + 1))}
+
+
+def segment_trial(config: dict, data: dict) -> Iterator[dict]:
+    """Fit one k and score it (one iteration: K-means has nothing for ASHA to stop early)."""
     from sklearn.metrics import silhouette_score
 
-    model = RFMSegmenter(n_clusters=int(config["k"]), random_state=seed).fit(data)
-    Z = model.standardised(data)
-    return {
-        "k": int(config["k"]),
+    k = int(config["k"])
+    if k >= len(data["X"]):
+        raise FailedPrecondition(f"k={k} needs more than {len(data['X'])} users")
+    model = RFMSegmenter(n_clusters=k, random_state=data["seed"], features=data["features"]).fit(data["X"])
+    Z = model.standardised(data["X"])
+    sample = data["sample"]
+    yield {
+        "k": k,
         "silhouette": float(silhouette_score(Z[sample], model.labels_[sample])),
         "inertia": float(model.kmeans_.inertia_),
     }
 
 
-def _tune_trainable(config: dict, data: np.ndarray, sample: np.ndarray, seed: int) -> None:
-    import ray
-    from ray import tune
+def clv_tests(clv: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """One-way ANOVA and Kruskal-Wallis of CLV across segments (F / H statistic and p-value)."""
+    from scipy import stats
 
-    # Where the trial ran: the registry records how the search spread over the Ray nodes.
-    tune.report({**segment_trial(config, data, sample, seed), "node_id": ray.get_runtime_context().get_node_id()})
+    groups = [clv[labels == g] for g in np.unique(labels)]
+    groups = [g for g in groups if len(g) > 1]
+    if len(groups) < 2:
+        return {}
+    f, p_f = stats.f_oneway(*groups)
+    h, p_h = stats.kruskal(*groups)
+    # Share of CLV variance the segments explain (eta squared), the effect size next to the p-value.
+    grand = clv.mean()
+    between = sum(len(g) * (g.mean() - grand) ** 2 for g in groups)
+    total = float(((clv - grand) ** 2).sum()) or 1.0
+    return {"anova_f": float(f), "anova_p": float(p_f), "kruskal_h": float(h), "kruskal_p": float(p_h),
+            "eta_squared": float(between / total)}
+
+
+def _fit(config: dict, data: dict, trials: list[dict]) -> Fitted:
+    k = int(config["k"])
+    model = RFMSegmenter(n_clusters=k, random_state=data["seed"], features=data["features"]).fit(data["X"])
+    curve = sorted(
+        ({"k": r["config"]["k"], "silhouette": r["metrics"]["silhouette"], "inertia": r["metrics"]["inertia"],
+          "node_id": r["node_id"]} for r in trials),
+        key=lambda row: row["k"],
+    )
+    segments = model.describe()
+    clv = data["clv"]
+    stats = clv_tests(clv, model.labels_) if clv is not None else {}
+    if clv is not None:
+        for row in segments:
+            row["clv_mean"] = round(float(clv[model.labels_ == row["segment_id"]].mean()), 2)
+    metrics = {
+        "chosen_k": k,
+        "silhouette": next(r["silhouette"] for r in curve if r["k"] == k),
+        "inertia": float(model.kmeans_.inertia_),
+        "elbow": curve,
+        "users": int(len(data["X"])),
+        "segments": segments,
+        "clv_across_segments": stats,
+        "as_of": data["as_of"],
+    }
+    params = {
+        "k_range": [curve[0]["k"], curve[-1]["k"]],
+        "silhouette_sample": int(len(data["sample"])),
+        "seed": data["seed"],
+        "features": [f"log1p({f})" for f in data["features"]],
+        "scaling": "standard",
+        "tune_trials": len(curve),
+    }
+    return Fitted(model, metrics, params)
+
+
+SPEC = TuneSpec(
+    name=MODEL_NAME,
+    metric="silhouette",
+    mode="max",
+    load=_load,
+    space=_space,
+    trial=segment_trial,
+    fit=_fit,
+    max_iterations=1,
+    default_trials=6,
+    description="K-means on standardised log RFM + CLV; k by silhouette, elbow recorded, CLV ANOVA/Kruskal-Wallis",
+)
 
 
 def train_segments(settings: Settings, *, smoke_test: bool = False, progress: Progress | None = None) -> ModelVersion:
-    """Search k with Ray Tune, refit the best and register it.
-
-    Args:
-        settings: Platform settings (segment search space, Ray, lake).
-        smoke_test: Search only k in {k_min, k_min+1, k_min+2} for fast tests.
-        progress: Optional ``(step, fraction)`` callback.
+    """Grid-search k with Ray Tune, refit the best and register it as the current version.
 
     Returns:
         The registered model version (metrics include the elbow curve and the chosen k).
     """
-    import os
-
-    # The new console output ignores verbose=0 and prints boxes into the CLI's progress.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    from ray import tune
-
-    from ray_apps.runtime import ensure_ray
-
-    step = progress or (lambda _s, _f: None)
-    seg = settings.segments
-    step("loading RFM features", 0.0)
-    frame, meta = load_rfm(settings)
-    data = frame[list(FEATURES)].to_numpy(dtype=float)
-    k_max = min(seg.k_max, seg.k_min + 2) if smoke_test else seg.k_max
-    k_max = min(k_max, len(data) - 1)
-    if k_max < seg.k_min:
-        raise FailedPrecondition(f"only {len(data)} users have RFM features; need more than {seg.k_min}")
-    ks = list(range(seg.k_min, k_max + 1))
-    sample = _silhouette_sample(len(data), seg.silhouette_sample, seg.seed)
-
-    ensure_ray(settings)
-    step(f"tuning k in {ks[0]}..{ks[-1]} ({len(ks)} trials)", 0.1)
-    storage = Path(settings.ray.tune_storage)
-    storage.mkdir(parents=True, exist_ok=True)
-    tuner = tune.Tuner(
-        tune.with_resources(
-            tune.with_parameters(_tune_trainable, data=data, sample=sample, seed=seg.seed), {"cpu": 1}
-        ),
-        param_space={"k": tune.grid_search(ks)},
-        tune_config=tune.TuneConfig(metric="silhouette", mode="max"),
-        run_config=tune.RunConfig(
-            name=f"segments-{meta['run_id']}",
-            storage_path=str(storage),
-            verbose=0,
-        ),
-    )
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise FailedPrecondition(f"{len(errors)} of {len(ks)} segment trials failed; first: {errors[0]}")
-    curve = sorted(
-        ({"k": r.metrics["k"], "silhouette": r.metrics["silhouette"], "inertia": r.metrics["inertia"],
-          "node_id": r.metrics.get("node_id", "")} for r in results),
-        key=lambda row: row["k"],
-    )
-    best = max(curve, key=lambda row: row["silhouette"])
-    step(f"refitting k={best['k']} on {len(data)} users", 0.8)
-    model = RFMSegmenter(n_clusters=best["k"], random_state=seg.seed).fit(data)
-    metrics = {
-        "chosen_k": best["k"],
-        "silhouette": best["silhouette"],
-        "inertia": float(model.kmeans_.inertia_),
-        "elbow": curve,
-        "trial_nodes": len({row["node_id"] for row in curve}),
-        "users": int(len(data)),
-        "segments": model.describe(),
-        "as_of": meta["as_of"],
-    }
-    params = {
-        "k_range": [ks[0], ks[-1]],
-        "silhouette_sample": int(len(sample)),
-        "seed": seg.seed,
-        "features": [f"log1p({f})" for f in FEATURES],
-        "scaling": "standard",
-        "tune_trials": len(ks),
-    }
-    mv = ModelRegistry(open_lake(settings)).register(
-        MODEL_NAME, model, metrics=metrics, params=params, feature_run_id=meta["run_id"]
-    )
-    step("registered " + mv.ref, 1.0)
-    return mv
+    return run_tune(settings, SPEC, scheduler="grid", smoke_test=smoke_test, progress=progress).version

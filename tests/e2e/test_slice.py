@@ -27,7 +27,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     from ray_apps.runtime import shutdown_ray
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import start_serving
-    from spark_jobs import ingest, profiles, rfm
+    from spark_jobs import clv, ingest, profiles, rfm
 
     settings = settings_factory()
     data = tmp_path_factory.mktemp("slice") / "input"
@@ -35,6 +35,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     report_path = data.parent / "report.json"
     report = ingest.main(settings, data, report_path=report_path)
     rfm_meta = rfm.main(settings)
+    clv_meta = clv.main(settings)
     profiles_meta = profiles.main(settings)
     model_version = train_segments(settings)
     start_serving(settings)
@@ -45,12 +46,20 @@ def chain(settings_factory, tmp_path_factory, spark):
             "report": report,
             "report_path": report_path,
             "rfm": rfm_meta,
+            "clv": clv_meta,
             "profiles": profiles_meta,
             "model": model_version,
             "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8")),
         }
     finally:
         shutdown_ray()
+
+
+def _features(lake, chain) -> pd.DataFrame:
+    """RFM joined with CLV: the segmentation model's inputs."""
+    rfm = lake.read_parquet(chain["rfm"]["path"])
+    clv = lake.read_parquet(chain["clv"]["path"], columns=["user_id", "clv_predicted"])
+    return rfm.merge(clv, on="user_id", how="inner")
 
 
 def test_reconciliation_matches_planted_defects_exactly(chain):
@@ -75,17 +84,16 @@ def test_segments_recover_planted_archetypes(chain):
     """
     from cluster.storage import open_lake
     from ray_apps.registry import ModelRegistry
-    from ray_apps.segments.model import FEATURES
-
     settings = chain["settings"]
     lake = open_lake(settings)
     model, mv = ModelRegistry(lake).load("segments")
     assert mv.version == chain["model"].version
-    features = lake.read_parquet(chain["rfm"]["path"])
+    assert model.features_[-1] == "clv_predicted"
+    features = _features(lake, chain)
     truth = pd.read_csv(chain["data"] / "_truth" / "users.csv", dtype={"user_id": str})
     joined = features.merge(truth[["user_id", "archetype"]], on="user_id", how="inner")
     assert len(joined) >= 0.95 * len(features)
-    labels = model.predict(joined[list(FEATURES)])
+    labels = model.predict(joined[list(model.features_)])
     ari = adjusted_rand_score(joined["archetype"], labels)
     assert ari >= 0.75, f"ARI {ari:.3f} with k={model.n_clusters}"
     elbow = mv.metrics["elbow"]
@@ -96,11 +104,9 @@ def test_segments_recover_planted_archetypes(chain):
 def test_separate_process_gets_answers_and_errors(chain):
     from cluster.storage import open_lake
     from ray_apps.registry import ModelRegistry
-    from ray_apps.segments.model import FEATURES
-
     settings = chain["settings"]
     lake = open_lake(settings)
-    features = lake.read_parquet(chain["rfm"]["path"]).sample(n=5, random_state=3)
+    features = _features(lake, chain).sample(n=5, random_state=3)
     model, mv = ModelRegistry(lake).load("segments")
     sv = settings.serve
     proc = subprocess.run(
@@ -110,7 +116,7 @@ def test_separate_process_gets_answers_and_errors(chain):
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    expected_labels = model.predict(features[list(FEATURES)])
+    expected_labels = model.predict(features[list(model.features_)])
     for (_, row), label in zip(features.iterrows(), expected_labels):
         answer = out["users"][row["user_id"]]
         assert answer["grpc"]["code"] == "OK"

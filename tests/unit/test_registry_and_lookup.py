@@ -17,7 +17,7 @@ def _model(seed=0):
 
 def test_versions_increment_and_current_moves(tmp_path):
     reg = ModelRegistry(LocalLake(tmp_path))
-    with pytest.raises(NotFound, match="pmkt train segments"):
+    with pytest.raises(NotFound, match="pmkt tune segments"):
         reg.current_version("segments")
     v1 = reg.register("segments", _model(0), metrics={"silhouette": 0.5}, params={"k": 3}, feature_run_id="r1")
     v2 = reg.register("segments", _model(1), metrics={"silhouette": 0.6}, params={"k": 3}, feature_run_id="r2")
@@ -87,7 +87,7 @@ def test_current_model_waits_for_training_then_follows_new_versions(tmp_path):
     store.write_batch([("u1", {"f:rfm_recency_days": 3, "f:rfm_frequency": 12, "f:rfm_monetary": 500.0})])
     now = [0.0]
     current = CurrentSegmentModel(reg, store, refresh_s=30, max_user_id_length=64, clock=lambda: now[0])
-    with pytest.raises(FailedPrecondition, match="pmkt train segments"):
+    with pytest.raises(FailedPrecondition, match="pmkt tune segments"):
         current.lookup()
 
     reg.register("segments", _model(0), metrics={}, params={}, feature_run_id="r1")

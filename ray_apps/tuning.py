@@ -1,0 +1,345 @@
+"""``pmkt tune MODEL``: one Ray Tune runner for every model family.
+
+A model family describes itself with a :class:`TuneSpec`: how to load its training data, its
+search space, one trial (a generator that yields metrics after each training iteration, so ASHA
+can stop a poor trial early) and how to refit the best configuration into the object that goes
+into the registry. :func:`run_tune` does the rest for every family alike:
+
+* ``grid`` runs every combination of the space to completion (FIFO); ``asha`` samples
+  ``trials`` configurations from the same value lists and stops the weak ones early
+  (asynchronous successive halving over the trial's iterations);
+* each trial records the Ray node it ran on, so a cluster run shows how the search spread;
+* the experiment keeps its state under ``ray.tune_storage/<model>-<feature run>-<scheduler>``;
+  re-running the same command resumes an interrupted search (finished trials are not re-run)
+  unless ``fresh`` is asked for;
+* the trial table, the best configuration and the compute used (trial iterations and
+  seconds) are stored with the registered version (``tuning.json``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.settings import Settings
+
+__all__ = ["Dataset", "Fitted", "TuneSpec", "TuneOutcome", "SCHEDULERS", "grid_configs", "run_trial", "run_tune"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+SCHEDULERS = ("asha", "grid")
+
+
+@dataclass
+class Dataset:
+    """What a family's ``load`` returns: the data every trial gets (shipped once through the
+    object store) and where it came from."""
+
+    data: Any
+    #: The feature run the data was read from (recorded with the model version).
+    feature_run_id: str
+    #: Anything worth recording with the version: row counts, as-of day, split sizes.
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fitted:
+    """What a family's ``fit`` returns: the model to register, its metrics and parameters."""
+
+    model: Any
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A model family as the tuner sees it.
+
+    Attributes:
+        name: Registry name (``segments``, ``ctr``, ``recs``, ``churn``).
+        metric: The metric every trial reports and the search optimises.
+        mode: ``max`` or ``min``.
+        load: ``load(settings, smoke_test) -> Dataset``; raises FailedPrecondition when the
+            features it needs have not been built (naming the command that builds them).
+        space: ``space(settings, smoke_test) -> {param: [values, ...]}``; the grid is their
+            product, ASHA samples from the same lists.
+        trial: ``trial(config, data) -> iterator of metric dicts``, one per training iteration
+            (at least one; the last is the trial's result). Must be a module-level function.
+        fit: ``fit(best_config, data, trial_rows) -> Fitted``: refit the chosen configuration
+            on the training data and compute the version's metrics.
+        max_iterations: Iterations a full trial yields (ASHA's ``max_t``).
+        default_trials: ASHA samples when ``--trials`` is not given.
+        description: One line for ``pmkt tune --help``.
+    """
+
+    name: str
+    metric: str
+    mode: str
+    load: Callable[[Settings, bool], Dataset]
+    space: Callable[[Settings, bool], Mapping[str, Sequence[Any]]]
+    trial: Callable[[dict, Any], Iterator[dict]]
+    fit: Callable[[dict, Any, list[dict]], Fitted]
+    max_iterations: int = 1
+    default_trials: int = 8
+    description: str = ""
+
+
+@dataclass
+class TuneOutcome:
+    """The result of :func:`run_tune`."""
+
+    best_config: dict[str, Any]
+    best_score: float
+    #: One row per trial: its config, final metrics, iterations run, seconds, node.
+    trials: list[dict[str, Any]]
+    #: ``iterations`` (sum over trials), ``trial_seconds`` (sum), ``wall_seconds``, ``trials``.
+    compute: dict[str, float]
+    experiment: str
+    resumed: bool
+    #: Every trial finished (``False`` after an interruption (Ctrl-C); nothing was registered).
+    complete: bool = True
+    fitted: Fitted | None = None
+    version: Any = None  # ray_apps.registry.ModelVersion when registered
+
+
+def grid_configs(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the space, in a stable order."""
+    keys = sorted(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
+
+
+def run_trial(spec: TuneSpec, config: dict, data: Any) -> list[dict]:
+    """Run one trial in this process (tests and the in-process baseline): every iteration's metrics."""
+    rows = list(spec.trial(config, data))
+    if not rows:
+        raise FailedPrecondition(f"{spec.name} trial yielded no metrics for {config}")
+    return rows
+
+
+def _trainable(config: dict, spec: TuneSpec, data: Any) -> None:
+    import ray
+    from ray import tune
+
+    node = ray.get_runtime_context().get_node_id()
+    start = time.perf_counter()
+    for metrics in spec.trial(config, data):
+        tune.report({**metrics, "node_id": node, "trial_seconds": time.perf_counter() - start})
+
+
+def _experiment_name(spec: TuneSpec, dataset: Dataset, scheduler: str, trials: int | None,
+                     space: Mapping[str, Sequence[Any]], smoke_test: bool) -> str:
+    """Same model, features, scheduler, space and budget -> same experiment (so it can resume)."""
+    import hashlib
+    import json
+
+    key = json.dumps({"space": {k: list(map(repr, v)) for k, v in sorted(space.items())},
+                      "trials": trials, "smoke": smoke_test, "max_t": spec.max_iterations}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    run = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.feature_run_id)[:40]
+    return f"{spec.name}-{run}-{scheduler}-{digest}"
+
+
+def _trial_rows(results, metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error or metric not in m:  # failed, or never ran (a stopped search)
+            continue
+        rows.append({
+            "config": dict(r.config),
+            metric: m.get(metric),
+            "metrics": {k: v for k, v in m.items()
+                        if isinstance(v, (int, float)) and not k.startswith(("time_", "timestamp", "pid"))
+                        and k not in ("done", "training_iteration", "trial_seconds")},
+            "iterations": int(m.get("training_iteration", 0)),
+            "seconds": round(float(m.get("trial_seconds", 0.0)), 3),
+            "node_id": m.get("node_id", ""),
+        })
+    return rows
+
+
+def run_tune(
+    settings: Settings,
+    spec: TuneSpec,
+    *,
+    scheduler: str = "grid",
+    trials: int | None = None,
+    smoke_test: bool = False,
+    fresh: bool = False,
+    register: bool = True,
+    promote: bool = True,
+    dataset: Dataset | None = None,
+    progress: Progress | None = None,
+) -> TuneOutcome:
+    """Search a model family's space with Ray Tune, refit the best and register it.
+
+    Args:
+        settings: Platform settings (Ray, Tune storage, lake).
+        spec: The model family.
+        scheduler: ``grid`` (every combination, to completion) or ``asha`` (``trials`` samples,
+            weak ones stopped early).
+        trials: ASHA samples (default ``spec.default_trials``); ignored by ``grid``.
+        smoke_test: The family's tiny space, for fast checks.
+        fresh: Start over even if an earlier run of the same experiment exists.
+        register: Refit the best configuration and register it (``False`` for benchmarks).
+        promote: Make the new version the one serving uses.
+        dataset: Data already loaded (benchmarks reuse one load for several searches).
+        progress: Optional ``(step, fraction)`` callback.
+
+    Returns:
+        The outcome: best configuration and score, trial table, compute used, the version.
+
+    Raises:
+        InvalidArgument: unknown scheduler or a trial budget below 1.
+        FailedPrecondition: the features are missing, or every trial failed.
+    """
+    if scheduler not in SCHEDULERS:
+        raise InvalidArgument(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}",
+                              field="scheduler")
+    if trials is not None and trials < 1:
+        raise InvalidArgument(f"trials must be at least 1, got {trials}", field="trials")
+    # The new console output ignores verbose=0 and prints boxes into the CLI's progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ray_apps.runtime import ensure_ray
+
+    step = progress or (lambda _s, _f: None)
+    step(f"loading {spec.name} training data", 0.0)
+    data = dataset or spec.load(settings, smoke_test)
+    space = dict(spec.space(settings, smoke_test))
+    if not space:
+        raise FailedPrecondition(f"{spec.name} has an empty search space")
+    n_grid = len(grid_configs(space))
+    if scheduler == "grid":
+        param_space = {k: tune.grid_search(list(v)) for k, v in space.items()}
+        tune_kwargs: dict[str, Any] = {"scheduler": FIFOScheduler(), "num_samples": 1}
+        budget = n_grid
+    else:
+        budget = trials or spec.default_trials
+        param_space = {k: tune.choice(list(v)) for k, v in space.items()}
+        tune_kwargs = {
+            "scheduler": ASHAScheduler(max_t=max(spec.max_iterations, 1), grace_period=1, reduction_factor=3),
+            "num_samples": budget,
+            # Seeded sampling: the same command samples the same configurations.
+            "search_alg": BasicVariantGenerator(random_state=settings.segments.seed),
+        }
+    name = _experiment_name(spec, data, scheduler, budget if scheduler == "asha" else None, space, smoke_test)
+    storage = Path(settings.ray.tune_storage).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / name
+    ensure_ray(settings)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec, data=data.data), {"cpu": 1})
+    resumed = False
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    if path.exists() and tune.Tuner.can_restore(str(path)):
+        step(f"resuming {name} (finished trials are kept)", 0.05)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space)
+        resumed = True
+    else:
+        step(f"{scheduler}: {budget} trials of {spec.name} (space of {n_grid})", 0.05)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, **tune_kwargs),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+        )
+    started = time.perf_counter()
+    results = tuner.fit()
+    wall = time.perf_counter() - started
+    failed = [r for r in results if r.error]
+    rows = _trial_rows(results, spec.metric)
+    # An interrupted search lists trials that never reported: complete means every planned
+    # trial reported (ASHA's early-stopped ones included) or failed.
+    complete = len(rows) + len(failed) >= budget
+    if not rows and not complete:
+        step(f"stopped before any trial finished: run the same command again to resume {name}", 1.0)
+        return TuneOutcome({}, float("nan"), [], {"trials": 0, "failed_trials": 0, "iterations": 0,
+                                                  "trial_seconds": 0.0, "wall_seconds": round(wall, 3), "nodes": 0},
+                           name, resumed, complete=False)
+    if not rows:
+        first = failed[0].error if failed else "no trial reported"
+        raise FailedPrecondition(f"every {spec.name} trial failed ({len(failed)}); first: {first}")
+    if failed:
+        log.warning("%d of %d %s trials failed; first: %s", len(failed), len(results), spec.name, failed[0].error)
+    scored = [r for r in rows if r[spec.metric] is not None]
+    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r[spec.metric])
+    compute = {
+        "trials": len(rows),
+        "failed_trials": len(failed),
+        "iterations": sum(r["iterations"] for r in rows),
+        "trial_seconds": round(sum(r["seconds"] for r in rows), 3),
+        "wall_seconds": round(wall, 3),
+        "nodes": len({r["node_id"] for r in rows}),
+    }
+    outcome = TuneOutcome(best["config"], float(best[spec.metric]), rows, compute, name, resumed, complete)
+    step(f"best {spec.metric}={outcome.best_score:.4f} with {best['config']}", 0.7)
+    if not complete:
+        step(f"stopped with {budget - len(rows) - len(failed)} of {budget} trials unfinished: "
+             "run the same command again to resume", 1.0)
+        return outcome
+    if not register:
+        return outcome
+    step(f"refitting the best {spec.name} configuration", 0.75)
+    fitted = spec.fit(dict(best["config"]), data.data, rows)
+    from cluster.storage import open_lake
+    from ray_apps.registry import ModelRegistry
+
+    tuning = {
+        "experiment": name,
+        "scheduler": scheduler,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "space": {k: list(v) for k, v in space.items()},
+        "best_config": best["config"],
+        "best_score": outcome.best_score,
+        "compute": compute,
+        "resumed": resumed,
+        "trials": rows,
+    }
+    metrics = {**fitted.metrics, "tune_best_" + spec.metric: outcome.best_score,
+               "trial_nodes": compute["nodes"], **{f"data_{k}": v for k, v in data.info.items()
+                                                   if isinstance(v, (int, float, str))}}
+    params = {**fitted.params, "tuned": best["config"], "scheduler": scheduler, "smoke_test": smoke_test}
+    mv = ModelRegistry(open_lake(settings)).register(
+        spec.name, fitted.model, metrics=metrics, params=params, feature_run_id=data.feature_run_id,
+        make_current=promote, extras={"tuning.json": tuning},
+    )
+    outcome.fitted, outcome.version = fitted, mv
+    step(f"registered {mv.ref}" + (" (current)" if promote else ""), 1.0)
+    return outcome
+
+
+#: Model families ``pmkt tune`` knows: name -> "module:attribute" of its TuneSpec (imported on use,
+#: so ``pmkt tune ctr`` does not import the recommender).
+FAMILIES: dict[str, str] = {
+    "segments": "ray_apps.segments.tune:SPEC",
+    "ctr": "ray_apps.ctr.train:SPEC",
+    "recs": "ray_apps.recs.train:SPEC",
+    "churn": "ray_apps.churn.train:SPEC",
+}
+
+
+def get_spec(name: str) -> TuneSpec:
+    """The TuneSpec of a model family.
+
+    Raises:
+        InvalidArgument: not one of :data:`FAMILIES`.
+    """
+    import importlib
+
+    if name not in FAMILIES:
+        raise InvalidArgument(f"model must be one of {', '.join(FAMILIES)}, got {name!r}", field="model")
+    module, attr = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), attr)
