@@ -1,0 +1,41 @@
+"""Recommendations: top-N estimators, ranking metrics, the serving object and the Tune entry point."""
+
+from ray_apps.recs.model import (
+    ALGORITHMS,
+    EASE,
+    REASON_CATEGORY,
+    REASON_MODEL,
+    REASON_POPULARITY,
+    ItemKNN,
+    Popularity,
+    RecModel,
+    Recommendations,
+    RP3beta,
+    category_popularity_scores,
+    make_estimator,
+    ranking_metrics,
+    recommend_top_n,
+    split_matrix,
+    stratified_split,
+    top_n,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "EASE",
+    "REASON_CATEGORY",
+    "REASON_MODEL",
+    "REASON_POPULARITY",
+    "ItemKNN",
+    "Popularity",
+    "RP3beta",
+    "RecModel",
+    "Recommendations",
+    "category_popularity_scores",
+    "make_estimator",
+    "ranking_metrics",
+    "recommend_top_n",
+    "split_matrix",
+    "stratified_split",
+    "top_n",
+]
