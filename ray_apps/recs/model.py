@@ -73,7 +73,9 @@ def _as_csr(X, name: str = "X") -> sp.csr_matrix:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError(f"{name} must be a 2-d users x items matrix, got shape {X.shape}")
-    X = sp.csr_matrix(X, dtype=np.float64)
+    # A copy: arrays shipped through Ray's object store are read-only, and the calls below
+    # sort and prune in place.
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
     X.sum_duplicates()
     X.sort_indices()
     if X.nnz and (not np.isfinite(X.data).all() or (X.data < 0).any()):
