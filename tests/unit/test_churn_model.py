@@ -296,3 +296,24 @@ def test_serving_code_does_not_import_spark():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('pyspark', 'spark_jobs')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_search_runs_through_ray_tune_and_registers_a_servable_model(generated):
+    """The same family through `pmkt tune`'s runner: trials in Ray workers, refit, registry."""
+    from cluster.storage import open_lake
+    from ray_apps.registry import ModelRegistry
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.tuning import run_tune
+
+    settings = generated["settings"]
+    try:
+        outcome = run_tune(settings, SPEC, scheduler="grid", smoke_test=True)
+    finally:
+        shutdown_ray()
+    assert outcome.complete and {r["config"]["model"] for r in outcome.trials} == {"cox", "weibull_aft"}
+    model, mv = ModelRegistry(open_lake(settings)).load("churn")
+    assert mv.feature_run_id == generated["meta"]["run_id"]
+    row = _active_rows(generated, n=1).iloc[0].to_dict()
+    outlook = model.predict_user(row)
+    curve = [s for _, s in outlook["survival"]]
+    assert 0.0 <= min(curve) <= max(curve) <= 1.0 and curve == sorted(curve, reverse=True)

@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.storage import open_lake
 from ray_apps.recs.model import (
     EASE,
     REASON_CATEGORY,
@@ -317,3 +318,26 @@ def test_served_lists_exclude_seen_items_and_cold_users_get_their_categories(tun
     assert set(cats) <= {"图书", "食品"} and cats.count("图书") >= cats.count("食品")
     items, reason = model.recommend("u999999", n=10)
     assert reason == REASON_POPULARITY and len(items) == 10
+
+
+def test_the_search_runs_through_ray_tune_and_registers_a_servable_model(tuned):
+    """The same family through `pmkt tune`'s runner: trials in Ray workers (read-only inputs), registry."""
+    from ray_apps.recs.train import SPEC
+    from ray_apps.registry import ModelRegistry
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.tuning import run_tune
+
+    settings = tuned["settings"]
+    try:
+        outcome = run_tune(settings, SPEC, scheduler="grid", smoke_test=True)
+    finally:
+        shutdown_ray()
+    assert outcome.complete and outcome.compute["trials"] == len(SPEC.space(settings, True)["model"])
+    model, mv = ModelRegistry(open_lake(settings)).load("recs")
+    assert mv.version == outcome.version.version and mv.metrics[SPEC.metric] == pytest.approx(outcome.best_score)
+    data = SPEC.load(settings, True).data
+    user = data.user_ids[int(np.argmax(np.diff(data.full.indptr)))]  # the most active user
+    items, reason = model.recommend(user, n=5)
+    assert len(items) == 5 and reason == "model"
+    seen = set(data.full[data.user_ids.index(user)].indices)
+    assert not seen & {data.item_ids.index(i) for i, _ in items}
