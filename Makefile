@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench bench-events bench-features clean distclean
+.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench bench-events bench-features bench-recs bench-tune clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,cluster]'
+	# MovieLens-100k ships inside the recbole wheel (GroupLens terms forbid redistributing it);
+	# only its data file is read, so its dependencies (torch, ...) are not installed.
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps recbole
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -53,6 +56,14 @@ bench: install ## All benchmarks (each prints figures and a ratio against a base
 	$(BIN)/python tests/benchmarks/bench_segment_grpc.py
 	$(BIN)/python tests/benchmarks/bench_events.py
 	$(BIN)/python tests/benchmarks/bench_features.py
+	$(BIN)/python tests/benchmarks/bench_recs_movielens.py
+	$(BIN)/python tests/benchmarks/bench_ctr_search.py
+
+bench-recs: install ## Recommenders on MovieLens-100k (75/25 per-user split): P@10, NDCG@10, MAP vs the reference table.
+	$(BIN)/python tests/benchmarks/bench_recs_movielens.py
+
+bench-tune: install ## CTR search: ASHA against the full grid in one run (compute used, best score).
+	$(BIN)/python tests/benchmarks/bench_ctr_search.py
 
 bench-events: install ## Real-time intake: events/s through Serve vs in-process, acceptance -> visible p99.
 	$(BIN)/python tests/benchmarks/bench_events.py

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cluster._memwatch import MemoryWatch
 from cluster._progress import console, progress_bar
-from cluster._render import print_segments, serve_until_interrupted
+from cluster._render import print_segments, print_tuned, serve_until_interrupted
 from cluster.errors import FailedPrecondition
 from cluster.settings import Settings
 
@@ -126,10 +126,35 @@ def run_demo(
             stop_spark()
 
 
+#: The families the demo tunes after segments, each with the scheduler it uses.
+DEMO_FAMILIES = (("ctr", "asha"), ("recs", "grid"), ("churn", "grid"))
+
+
+def _tune_families(settings: Settings, smoke_test: bool, timed) -> dict:
+    """Tune CTR, recommendations and churn (each registered and promoted).
+
+    Returns:
+        Family -> its TuneOutcome, or the reason it was skipped: data too short for a family
+        (90 days cannot show a 90-day churn) skips that family, not the demo.
+    """
+    from ray_apps.tuning import get_spec, run_tune
+
+    out: dict = {}
+    for name, scheduler in DEMO_FAMILIES:
+        with progress_bar(f"tune {name}") as progress:
+            try:
+                out[name] = timed(f"tune {name}", run_tune, settings, get_spec(name), scheduler=scheduler,
+                                  smoke_test=smoke_test, progress=progress)
+            except FailedPrecondition as exc:
+                log.warning("skipping %s: %s", name, exc.message)
+                out[name] = exc.message
+    return out
+
+
 def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dict:
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import deploy, start_serving, wait_for_model
-    from spark_jobs import clv, ingest, profiles, rfm, tags
+    from spark_jobs import clv, ingest, profiles, rfm, tags, training_tables
     from spark_jobs.session import stop_spark
 
     if input_dir is None:
@@ -145,12 +170,18 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
         tags_meta = timed("tags", tags.main, settings, progress=progress, top_k=t.top_k, last_viewed=t.last_viewed,
                           abandon_window_hours=t.abandon_window_hours, tfidf_top_k=t.tfidf_top_k,
                           half_life_days=t.half_life_days, weights=t.action_weights)
+    with progress_bar("training tables") as progress:
+        tt = settings.training_tables
+        tables_meta = timed("tables", training_tables.main, settings, progress=progress,
+                            inactivity_days=tt.inactivity_days, hash_buckets=tt.hash_buckets, min_count=tt.min_count,
+                            test_fraction=tt.test_fraction, lookback_days=tt.lookback_days, ctr_prior=tt.ctr_prior)
     with progress_bar("profiles") as progress:
         profiles_meta = timed("profiles", profiles.main, settings, progress=progress)
     sample_users = _sample_users(settings, rfm_meta)
     stop_spark()  # frees the driver JVM before Ray starts
-    with progress_bar("train segments") as progress:
-        model = timed("train", train_segments, settings, smoke_test=smoke_test, progress=progress)
+    with progress_bar("tune segments") as progress:
+        model = timed("tune segments", train_segments, settings, smoke_test=smoke_test, progress=progress)
+    tuned = _tune_families(settings, smoke_test, timed)
     with progress_bar("serve") as progress:
         if settings.ray.address == "local":
             progress("starting Ray Serve (gRPC + HTTP)", 0.1)
@@ -166,7 +197,7 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
     calls = timed("api calls", call_api, settings, sample_users)
     calls["profile"], calls["events"] = timed("profile + events", _profile_and_events, settings, sample_users[0])
     return {"report": report, "rfm": rfm_meta, "clv": clv_meta, "tags": tags_meta, "profiles": profiles_meta,
-            "model": model, "calls": calls}
+            "tables": tables_meta, "model": model, "tuned": tuned, "calls": calls}
 
 
 def _profile_and_events(settings: Settings, user_id: str):
@@ -209,6 +240,7 @@ def _print_summary(summary: dict, timings: dict[str, float], peak_mib: float) ->
     console.rule("[bold]demo summary")
     console.print(format_report(summary["report"]), highlight=False)
     print_segments(summary["model"])
+    print_tuned(summary["tuned"])
     calls = summary["calls"]
     answers = Table("user", "segment", "名称", "R d", "F", "M CNY", "model", title="GetSegment answers (gRPC = HTTP)")
     for a in calls["answers"]:

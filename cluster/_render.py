@@ -21,11 +21,38 @@ def print_segments(mv) -> None:
         mark = " *" if row["k"] == m["chosen_k"] else ""
         elbow.add_row(f"{row['k']}{mark}", f"{row['inertia']:,.0f}", f"{row['silhouette']:.3f}")
     console.print(elbow)
-    seg = Table("id", "segment", "名称", "users", "recency d", "orders", "monetary CNY", title="segments (centroids)")
+    with_clv = any("clv_mean" in s for s in m["segments"])
+    seg = Table("id", "segment", "名称", "users", "recency d", "orders", "monetary CNY",
+                *(["CLV mean CNY"] if with_clv else []), title="segments (centroids)")
     for s in m["segments"]:
         seg.add_row(str(s["segment_id"]), s["name"], s["name_zh"], f"{s['size']:,}", f"{s['recency_days']:.1f}",
-                    f"{s['frequency']:.2f}", f"{s['monetary']:,.2f}")
+                    f"{s['frequency']:.2f}", f"{s['monetary']:,.2f}",
+                    *([f"{s.get('clv_mean', float('nan')):,.2f}"] if with_clv else []))
     console.print(seg)
+    t = m.get("clv_across_segments") or {}
+    if t:
+        console.print(f"CLV across segments: Kruskal-Wallis H={t['kruskal_h']:,.1f} (p={t['kruskal_p']:.2g}), "
+                      f"one-way ANOVA F={t['anova_f']:,.1f} (p={t['anova_p']:.2g}); segments explain "
+                      f"{100 * t['eta_squared']:.0f}% of CLV variance", highlight=False)
+
+
+def print_tuned(outcomes: dict) -> None:
+    """One row per tuned family: version, best configuration, test metrics, the search's compute."""
+    table = Table("model", "version", "search", "best config", "validation", "held-out metrics",
+                  title="models tuned with Ray Tune (pmkt models show MODEL for details)")
+    for name, o in outcomes.items():
+        if isinstance(o, str):  # skipped, with the reason
+            table.add_row(name, "-", "skipped", o, "-", "-")
+            continue
+        mv = o.version
+        headline = {k: v for k, v in mv.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and k.startswith(("test_", "holdout_", "val_", "concordance", "oracle"))}
+        shown = ", ".join(f"{k}={v:.3f}" for k, v in list(headline.items())[:4])
+        cu = o.compute
+        table.add_row(name, mv.version, f"{cu['trials']} trials, {cu['iterations']} it, {cu['wall_seconds']:.0f}s, "
+                      f"{cu['nodes']} node(s)", ", ".join(f"{k}={v}" for k, v in o.best_config.items()),
+                      f"{o.best_score:.4f}", shown or "-")
+    console.print(table)
 
 
 def serve_until_interrupted(serve_settings, title: str = "serving") -> None:

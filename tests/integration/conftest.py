@@ -73,7 +73,8 @@ def pipeline(cluster_settings, tmp_path_factory):
         [str(Path(sys.executable).with_name("pmkt")), "--settings", str(cluster_settings.source), "demo",
          "--users", "1500", "--days", "90", "--seed", "5", "--smoke-test"],
         cwd=work, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "COLUMNS": "160"},
+        # 90 days cannot show a 90-day churn: a 30-day window gives the churn model churners.
+        env={**os.environ, "COLUMNS": "160", "PMKT_TRAINING_TABLES__INACTIVITY_DAYS": "30"},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     registry = ModelRegistry(lake)

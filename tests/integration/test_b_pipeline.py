@@ -34,7 +34,12 @@ def test_tune_trials_spread_over_the_ray_nodes(pipeline):
 
 
 def test_serve_answers_from_hbase(cluster_settings, pipeline):
-    from cluster.storage import HBaseProfileStore, decode_float, open_lake, open_profile_store
+    from cluster.storage import (
+        HBaseProfileStore,
+        decode_float,
+        open_lake,
+        open_profile_store,
+    )
     from ray_apps.client import MarketingClient
 
     store = open_profile_store(cluster_settings)
@@ -49,3 +54,16 @@ def test_serve_answers_from_hbase(cluster_settings, pipeline):
             assert g.rfm.frequency == row["frequency"] and g.rfm.monetary == pytest.approx(row["monetary"])
             assert (g.segment_id, g.model_version) == (h.segment_id, h.model_version) == (
                 g.segment_id, pipeline["model"].ref)
+
+
+def test_every_model_family_is_tuned_and_registered_on_the_cluster(cluster_settings, pipeline):
+    from cluster.storage import open_lake
+    from ray_apps.registry import ModelRegistry
+
+    registry = ModelRegistry(open_lake(cluster_settings))
+    for name in ("ctr", "recs", "churn"):
+        mv = registry.get(name)
+        assert mv.metrics["trial_nodes"] >= 1 and registry.extra(name, mv.version, "tuning.json")["trials"], name
+    # Three one-CPU trials on one-CPU nodes: the search used more than one node.
+    recs = registry.extra("recs", registry.current_version("recs"), "tuning.json")
+    assert recs["compute"]["nodes"] >= 2, recs["compute"]
