@@ -106,16 +106,32 @@ class SqliteProfileStore(ProfileStore):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode=WAL")
+                # Switching to WAL takes an exclusive lock and SQLite answers "database is locked"
+                # at once, without its busy handler, when another process (a Spark partition
+                # writing the same store) holds one: retry within the busy timeout.
+                self._retry_locked(conn, "PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 if not self._schema_ready:
                     for stmt in self._SCHEMA:
-                        conn.execute(stmt)
+                        self._retry_locked(conn, stmt)
                     self._schema_ready = True
             except (sqlite3.Error, OSError) as exc:
                 raise Unavailable(f"cannot open the SQLite profile store at {self.path}: {exc}") from exc
             self._local.conn = conn
         return conn
+
+    def _retry_locked(self, conn: sqlite3.Connection, stmt: str) -> None:
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.01
+        while True:
+            try:
+                conn.execute(stmt)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def write_batch(self, rows: Iterable[tuple[str, Mapping[str, CellValue]]]) -> int:
         conn = self._conn()
