@@ -139,8 +139,10 @@ class ModelRegistry:
         pointer.setdefault("log", [])
         return pointer
 
-    def _move(self, name: str, version: str, *, push: bool, reason: str) -> dict[str, Any]:
-        pointer = self._pointer(name)
+    def _move(self, name: str, version: str, *, push: bool, reason: str,
+              pointer: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Point serving at ``version`` (pushed on the stack if ``push``), log it, write the pointer."""
+        pointer = pointer if pointer is not None else self._pointer(name)
         before = pointer["version"]
         if push:
             pointer["stack"].append(version)
@@ -153,13 +155,7 @@ class ModelRegistry:
 
     def models(self) -> list[str]:
         """Names of the models with at least one version."""
-        return sorted(n for n in self.lake.list_dir(Zone.REGISTRY) if _NAME_RE.match(n) and self._has_versions(n))
-
-    def _has_versions(self, name: str) -> bool:
-        try:
-            return bool(self.versions(name))
-        except NotFound:
-            return False
+        return sorted(n for n in self.lake.list_dir(Zone.REGISTRY) if _NAME_RE.match(n) and self.versions(n))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every change of the current version, oldest first (``at``, ``from``, ``to``, ``reason``)."""
@@ -176,7 +172,7 @@ class ModelRegistry:
         pointer = self._pointer(name)
         if pointer["version"] == mv.version:
             return mv
-        self._move(name, mv.version, push=True, reason=reason)
+        self._move(name, mv.version, push=True, reason=reason, pointer=pointer)
         log.info("promoted %s", mv.ref)
         return mv
 
@@ -197,10 +193,7 @@ class ModelRegistry:
         # The top of the stack is the serving version (register, promote and rollback keep it so).
         stack.pop()
         target = stack[-1]
-        pointer["log"].append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "from": pointer["version"], "to": target, "reason": reason})
-        pointer["version"] = target
-        self.lake.write_json(pointer, Zone.REGISTRY, name, "current.json")
+        self._move(name, target, push=False, reason=reason, pointer=pointer)
         log.info("rolled %s back to %s", name, target)
         return self.get(name, target)
 
