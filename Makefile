@@ -39,7 +39,7 @@ demo: install ## Run the whole chain on generated data (embedded profile) and pr
 	$(BIN)/pmkt demo
 
 test: install ## Unit tests, the end-to-end slice, then the local cluster: lint, provision, integration tests, teardown.
-	$(BIN)/python -m pytest tests/unit tests/e2e $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/e2e --durations=15 $(PYTEST_ARGS)
 	@if [ "$${PMKT_SKIP_CLUSTER:-0}" = 1 ]; then echo "PMKT_SKIP_CLUSTER=1: cluster tests skipped"; \
 	else $(MAKE) --no-print-directory test-cluster; fi
 

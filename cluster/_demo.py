@@ -15,8 +15,9 @@ from rich.table import Table
 
 from cluster._memwatch import MemoryWatch
 from cluster._progress import console, progress_bar
-from cluster._render import print_segments, print_tuned, serve_until_interrupted
-from cluster.errors import FailedPrecondition
+from cluster._demo_services import call_services
+from cluster._render import print_segments, print_services, print_tuned, serve_until_interrupted
+from cluster.errors import FailedPrecondition, PlatformError
 from cluster.settings import Settings
 
 __all__ = ["run_demo", "call_api"]
@@ -196,6 +197,7 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
         progress("application healthy", 1.0)
     calls = timed("api calls", call_api, settings, sample_users)
     calls["profile"], calls["events"] = timed("profile + events", _profile_and_events, settings, sample_users[0])
+    calls["services"] = timed("decision services", call_services, settings, sample_users[0], _sample_ad(settings))
     return {"report": report, "rfm": rfm_meta, "clv": clv_meta, "tags": tags_meta, "profiles": profiles_meta,
             "tables": tables_meta, "model": model, "tuned": tuned, "calls": calls}
 
@@ -222,6 +224,20 @@ def _profile_and_events(settings: Settings, user_id: str):
     if result.accepted != 2 or moved.get("view") != 1 or moved.get("cart") != 1:
         raise FailedPrecondition(f"real-time intake misbehaved: {result} moved {moved}")
     return profile, {"result": result, "moved": moved}
+
+
+def _sample_ad(settings: Settings) -> dict:
+    """One impression's ad columns from the CTR table, as a ScoreBatch candidate."""
+    from cluster.storage import Zone, open_lake
+
+    cols = ["ad_id", "campaign_id", "channel", "ad_position", "device_type"]
+    lake = open_lake(settings)
+    try:
+        meta = lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")
+        row = lake.read_parquet(meta["path"], "split=test", columns=cols).iloc[0]
+    except (PlatformError, IndexError):
+        return {"ad_id": "ad-demo", "channel": "feed", "ad_position": 1}
+    return {c: (int(row[c]) if c == "ad_position" else str(row[c])) for c in cols if row[c] is not None}
 
 
 def _sample_users(settings: Settings, rfm_meta: dict, n: int = 5) -> list[str]:
@@ -265,6 +281,7 @@ def _print_summary(summary: dict, timings: dict[str, float], peak_mib: float) ->
     console.print(f"TrackEvents: {ev['result'].accepted} accepted, "
                   + ", ".join(f"#{r.index} rejected ({r.reason}, field {r.field})" for r in ev["result"].rejected)
                   + f"; counters moved {ev['moved']}", highlight=False)
+    print_services(calls["profile"].user_id, calls["services"])
     clv_p = summary["clv"]["params"]
     console.print(f"CLV fit on {summary['clv']['users']:,} customers: BG/NBD r={clv_p['r']:.3f} alpha={clv_p['alpha']:.2f} "
                   f"a={clv_p['a']:.3f} b={clv_p['b']:.3f}; Gamma-Gamma p={clv_p['p']:.2f} q={clv_p['q']:.2f} "

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from rich.table import Table
 
 from cluster._progress import console
 
-__all__ = ["print_segments", "serve_until_interrupted"]
+__all__ = ["print_segments", "print_services", "print_tuned", "serve_until_interrupted"]
 
 
 def print_segments(mv) -> None:
@@ -52,6 +53,40 @@ def print_tuned(outcomes: dict) -> None:
         table.add_row(name, mv.version, f"{cu['trials']} trials, {cu['iterations']} it, {cu['wall_seconds']:.0f}s, "
                       f"{cu['nodes']} node(s)", ", ".join(f"{k}={v}" for k, v in o.best_config.items()),
                       f"{o.best_score:.4f}", shown or "-")
+    console.print(table)
+
+
+def print_services(user_id: str, answers: dict) -> None:
+    """One row per decision service called by the demo (gRPC = HTTP was checked)."""
+    table = Table("service", "answer for " + user_id, title="decision services (gRPC = HTTP)")
+    for name, r in answers.items():
+        if isinstance(r, str):
+            table.add_row(name, escape(f"not answered: {r}"))
+            continue
+        if name == "ctr":
+            s = r.scores[0]
+            text = f"p(click) {s.p_click:.4f} (user known: {s.user_known}) [{r.model_version}]"
+        elif name == "recs":
+            text = f"{', '.join(i.item_id for i in r.items)} ({r.reason}, {r.algorithm}) [{r.model_version}]"
+        elif name == "churn":
+            median = f"{r.median_days} d" if r.HasField("median_days") else "beyond horizon"
+            contact = f"day {r.contact_day}" if r.HasField("contact_day") else "-"
+            text = (f"{r.status}, P(churn) {r.churn_probability:.2f} within {r.horizon_days} d "
+                    f"(relative risk {r.relative_risk:.2f}), median {median}, "
+                    f"contact {contact} [{r.model_version}]")
+        elif name == "offer":
+            text = (f"{r.offer_type} {100 * r.discount:.0f}% off via {r.channel} until {r.valid_until}: "
+                    f"{r.rationale}")
+        elif name == "budget":
+            alloc = ", ".join(f"{a.name} {a.placements:,.0f}" for a in r.allocations)
+            binding = ", ".join(f"{b.name} ({b.shadow_price:g})" for b in r.binding)
+            text = f"{alloc}: revenue {r.objective_value:,.0f} CNY; binding (shadow price): {binding}"
+        elif name == "channel":
+            arms = ", ".join(f"{a.channel} {a.conversions}/{a.trials}" for a in r.arms)
+            text = f"{r.channel} for segment {r.segment_name} (conversions/trials: {arms})"
+        else:
+            text = str(r)
+        table.add_row(name, escape(text))  # "[feed]", "[ctr/v0001]" are not markup
     console.print(table)
 
 

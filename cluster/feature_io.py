@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGE_EDGES",
+    "RECENCY_BANDS",
+    "recency_band",
     "MISSING",
     "OTHER",
     "SPEC_FORMAT",
@@ -49,6 +51,21 @@ __all__ = [
 #: Lower bounds (years) of the age bands after the first: ``<25``, ``25-34``, ... ``65+``.
 AGE_EDGES: tuple[int, ...] = (25, 35, 45, 55, 65)
 #: Value of the age band (and of any categorical feature) when the input is unknown.
+#: Recency bands of the CTR table (days since the last paid order): upper bounds and labels;
+#: beyond the last bound the label is "<last + 1>+", and "none" without an order.
+RECENCY_BANDS: tuple[tuple[int, str], ...] = ((7, "1-7"), (30, "8-30"), (90, "31-90"))
+
+
+def recency_band(days: float | None) -> str:
+    """The CTR table's recency band of ``days`` (the serving side of ``_recency_band``)."""
+    if days is None or (isinstance(days, float) and math.isnan(days)):
+        return "none"
+    for upper, label in RECENCY_BANDS:
+        if days <= upper:
+            return label
+    return f"{RECENCY_BANDS[-1][0] + 1}+"
+
+
 MISSING = "__missing__"
 #: One-hot slot of a value not seen in the training split.
 OTHER = "__other__"

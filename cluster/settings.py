@@ -151,6 +151,8 @@ class RaySettings(_Model):
     include_dashboard: bool = False
     # -- RAY_AUTH_MODE for this process; must match what the cluster's nodes were started with
     auth_mode: Literal["token", "disabled"] | None = None
+    # -- tries for a ray:// (Ray Client) connection before giving up with UNAVAILABLE
+    connect_attempts: int = Field(3, ge=1)
 
 
 class AutoscalingSettings(_Model):
@@ -183,6 +185,51 @@ class ServeSettings(_Model):
     max_user_id_length: int = Field(64, ge=1)
     # -- seconds between a replica's checks of the model registry for a new current version
     model_refresh_s: float = Field(30.0, gt=0)
+    # -- most candidates in one ScoreBatch, items excluded in one Recommend
+    max_batch: int = Field(500, ge=1)
+
+
+class CampaignSettings(_Model):
+    """One campaign's offer caps (docs/offers.md)."""
+
+    # -- largest discount the campaign may give, a fraction of the price
+    max_discount: float = Field(0.2, ge=0, le=0.9)
+    # -- offers the campaign may issue in total (a counter in the profile store); 0 = no cap
+    max_offers: int = Field(0, ge=0)
+    # -- days an offer stays valid
+    validity_days: int = Field(7, ge=1, le=365)
+    # -- channels the campaign may use (a subset of channels.names); empty = all
+    channels: list[str] = []
+
+
+class OfferSettings(_Model):
+    """The offer rules' thresholds and the campaigns (docs/offers.md)."""
+
+    # -- churn risk at or above which an offer is about keeping the customer
+    churn_risk_high: float = Field(0.5, gt=0, lt=1)
+    # -- predicted CLV (CNY) at or above which a customer at risk gets the full discount
+    clv_high: float = Field(800.0, ge=0)
+    # -- purchase propensity at or above which no price discount is given (loyalty points)
+    propensity_high: float = Field(0.6, gt=0, le=1)
+    campaigns: dict[str, CampaignSettings] = {"default": CampaignSettings()}
+
+
+class ChannelSettings(_Model):
+    """Contact channels and the bandit's prior (docs/channels.md)."""
+
+    # -- channels the bandit chooses among; each needs an a:opt_in_<name> consent cell
+    names: list[str] = Field(["sms", "push", "email"], min_length=1)
+    # -- Beta prior of every channel's conversion rate
+    prior_alpha: float = Field(1.0, gt=0)
+    prior_beta: float = Field(1.0, gt=0)
+
+    @field_validator("names")
+    @classmethod
+    def _plain_names(cls, value: list[str]) -> list[str]:
+        bad = [n for n in value if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", n)]
+        if bad or len(set(value)) != len(value):
+            raise ValueError(f"channel names must be unique, lower-case [a-z0-9_], 1-32 characters: {value}")
+        return value
 
 
 class IngestSettings(_Model):
@@ -383,9 +430,20 @@ class Settings(_Model):
     tags: TagSettings = TagSettings()
     cleaning: CleaningSettings = CleaningSettings()
     training_tables: TrainingTableSettings = TrainingTableSettings()
+    offers: OfferSettings = OfferSettings()
+    channels: ChannelSettings = ChannelSettings()
     cluster: ClusterSettings = ClusterSettings()
     # -- the file these settings came from (set by load_settings)
     source: Path | None = None
+
+    @model_validator(mode="after")
+    def _campaign_channels_known(self) -> "Settings":
+        for name, campaign in self.offers.campaigns.items():
+            unknown = sorted(set(campaign.channels) - set(self.channels.names))
+            if unknown:
+                raise ValueError(f"offers.campaigns.{name}.channels names unknown channels {unknown}; "
+                                 f"channels.names is {self.channels.names}")
+        return self
 
 
 def profile_path(profile: str) -> Path:

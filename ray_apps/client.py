@@ -30,10 +30,22 @@ from cluster.errors import (
 )
 from cluster.settings import Settings
 from protos.marketing.v1 import (
+    budget_pb2,
+    budget_pb2_grpc,
+    channel_pb2,
+    channel_pb2_grpc,
+    churn_pb2,
+    churn_pb2_grpc,
+    ctr_pb2,
+    ctr_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    offer_pb2,
+    offer_pb2_grpc,
     profile_pb2,
     profile_pb2_grpc,
+    recommend_pb2,
+    recommend_pb2_grpc,
     segment_pb2,
     segment_pb2_grpc,
 )
@@ -78,7 +90,16 @@ class MarketingClient:
         "GetSegment": segment_pb2_grpc.SegmentServiceStub,
         "GetProfile": profile_pb2_grpc.ProfileServiceStub,
         "TrackEvents": events_pb2_grpc.EventServiceStub,
+        "ScoreBatch": ctr_pb2_grpc.CtrServiceStub,
+        "Recommend": recommend_pb2_grpc.RecommendServiceStub,
+        "GetChurnRisk": churn_pb2_grpc.ChurnServiceStub,
+        "GenerateOffer": offer_pb2_grpc.OfferServiceStub,
+        "OptimizeBudget": budget_pb2_grpc.BudgetServiceStub,
+        "ChooseChannel": channel_pb2_grpc.ChannelServiceStub,
+        "ReportOutcome": channel_pb2_grpc.ChannelServiceStub,
     }
+    #: Calls that must not be repeated after an UNAVAILABLE: the server may have counted it.
+    _NOT_RETRIED = frozenset({"ReportOutcome"})
 
     def _stub(self, method: str) -> Any:
         if self._channel is None:
@@ -90,13 +111,14 @@ class MarketingClient:
             self._http = httpx.Client(base_url=self.http_base, timeout=self.timeout_s)
         return self._http
 
-    def _retrying(self, call):
+    def _retrying(self, call, retries: int | None = None):
+        retries = self.retries if retries is None else retries
         delay = 0.2
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 return call()
             except Unavailable:
-                if attempt == self.retries:
+                if attempt == retries:
                     raise
                 time.sleep(delay)
                 delay *= 2
@@ -110,13 +132,13 @@ class MarketingClient:
                 code = err.code()
                 raise _FROM_GRPC.get(code, PlatformError)(f"{method}: {code.name}: {err.details()}") from None
 
-        return self._retrying(call)
+        return self._retrying(call, 0 if method in self._NOT_RETRIED else None)
 
     def _get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         return self._http_json("GET", path, params=params)
 
     def _http_json(self, verb: str, path: str, *, params: dict[str, str] | None = None,
-                   body: Any = None) -> dict[str, Any]:
+                   body: Any = None, retry: bool = True) -> dict[str, Any]:
         def call() -> dict[str, Any]:
             try:
                 resp = self._client().request(verb, path, params=params, json=body)
@@ -133,7 +155,7 @@ class MarketingClient:
             raise _FROM_HTTP.get(resp.status_code, PlatformError)(
                 f"{verb} {path}: {resp.status_code}: {message}", field=field)
 
-        return self._retrying(call)
+        return self._retrying(call, None if retry else 0)
 
     # -- API --------------------------------------------------------------------------
     def get_segment(self, user_id: str) -> segment_pb2.GetSegmentResponse:
@@ -167,6 +189,88 @@ class MarketingClient:
         """``POST /v1/events``, parsed into the same message type."""
         return ParseDict(self._http_json("POST", "/v1/events", body={"events": events}),
                          events_pb2.TrackEventsResponse())
+
+    def score_ctr(self, candidates: list[dict[str, Any]]) -> ctr_pb2.ScoreBatchResponse:
+        """CtrService.ScoreBatch: ``candidates`` are dicts with the AdCandidate fields."""
+        return self._grpc("ScoreBatch", ctr_pb2.ScoreBatchRequest(
+            candidates=[ctr_pb2.AdCandidate(**c) for c in candidates]))
+
+    def score_ctr_http(self, candidates: list[dict[str, Any]]) -> ctr_pb2.ScoreBatchResponse:
+        """``POST /v1/ctr/score``."""
+        return ParseDict(self._http_json("POST", "/v1/ctr/score", body={"candidates": candidates}),
+                         ctr_pb2.ScoreBatchResponse())
+
+    def recommend(self, user_id: str, n: int = 0, exclude: list[str] | None = None
+                  ) -> recommend_pb2.RecommendResponse:
+        """RecommendService.Recommend (``n`` 0 means 10)."""
+        return self._grpc("Recommend", recommend_pb2.RecommendRequest(
+            user_id=user_id, n=n, exclude_item_ids=exclude or []))
+
+    def recommend_http(self, user_id: str, n: int = 0, exclude: list[str] | None = None
+                       ) -> recommend_pb2.RecommendResponse:
+        """``GET /v1/users/{user_id}/recommendations?n=&exclude=``."""
+        params = {"n": str(n), **({"exclude": ",".join(exclude)} if exclude else {})}
+        return ParseDict(self._get_json(f"/v1/users/{quote(user_id, safe='')}/recommendations", params),
+                         recommend_pb2.RecommendResponse())
+
+    def churn_risk(self, user_id: str, curve_step_days: int = 0) -> churn_pb2.ChurnRisk:
+        """ChurnService.GetChurnRisk."""
+        return self._grpc("GetChurnRisk", churn_pb2.GetChurnRiskRequest(
+            user_id=user_id, curve_step_days=curve_step_days))
+
+    def churn_risk_http(self, user_id: str, curve_step_days: int = 0) -> churn_pb2.ChurnRisk:
+        """``GET /v1/users/{user_id}/churn?curve_step_days=``."""
+        return ParseDict(self._get_json(f"/v1/users/{quote(user_id, safe='')}/churn",
+                                        {"curve_step_days": str(curve_step_days)}), churn_pb2.ChurnRisk())
+
+    def generate_offer(self, user_id: str, campaign_id: str = "default") -> offer_pb2.Offer:
+        """OfferService.GenerateOffer (idempotent while the offer is valid, so retried)."""
+        return self._grpc("GenerateOffer", offer_pb2.GenerateOfferRequest(user_id=user_id, campaign_id=campaign_id))
+
+    def generate_offer_http(self, user_id: str, campaign_id: str = "default") -> offer_pb2.Offer:
+        """``POST /v1/offers``."""
+        return ParseDict(self._http_json("POST", "/v1/offers", body={"user_id": user_id, "campaign_id": campaign_id}),
+                         offer_pb2.Offer())
+
+    def optimize_budget(self, channels: list[dict[str, Any]], total_budget: float, objective: str = "",
+                        integer_placements: bool = False) -> budget_pb2.OptimizeBudgetResponse:
+        """BudgetService.OptimizeBudget: ``channels`` are dicts with the BudgetChannel fields."""
+        return self._grpc("OptimizeBudget", budget_pb2.OptimizeBudgetRequest(
+            channels=[budget_pb2.BudgetChannel(**c) for c in channels], total_budget=total_budget,
+            objective=objective, integer_placements=integer_placements))
+
+    def optimize_budget_http(self, channels: list[dict[str, Any]], total_budget: float, objective: str = "",
+                             integer_placements: bool = False) -> budget_pb2.OptimizeBudgetResponse:
+        """``POST /v1/budget/optimize``."""
+        body = {"channels": channels, "total_budget": total_budget, "objective": objective,
+                "integer_placements": integer_placements}
+        return ParseDict(self._http_json("POST", "/v1/budget/optimize", body=body),
+                         budget_pb2.OptimizeBudgetResponse())
+
+    def choose_channel(self, *, user_id: str | None = None, segment_id: int | None = None
+                       ) -> channel_pb2.ChooseChannelResponse:
+        """ChannelService.ChooseChannel for a user or a segment."""
+        return self._grpc("ChooseChannel", channel_pb2.ChooseChannelRequest(user_id=user_id, segment_id=segment_id))
+
+    def choose_channel_http(self, *, user_id: str | None = None, segment_id: int | None = None
+                            ) -> channel_pb2.ChooseChannelResponse:
+        """``POST /v1/channels/choose``."""
+        return ParseDict(self._http_json("POST", "/v1/channels/choose",
+                                         body={"user_id": user_id, "segment_id": segment_id}),
+                         channel_pb2.ChooseChannelResponse())
+
+    def report_outcome(self, channel: str, converted: bool, *, user_id: str | None = None,
+                       segment_id: int | None = None) -> channel_pb2.ReportOutcomeResponse:
+        """ChannelService.ReportOutcome (never retried: the first attempt may have counted)."""
+        return self._grpc("ReportOutcome", channel_pb2.ReportOutcomeRequest(
+            user_id=user_id, segment_id=segment_id, channel=channel, converted=converted))
+
+    def report_outcome_http(self, channel: str, converted: bool, *, user_id: str | None = None,
+                            segment_id: int | None = None) -> channel_pb2.ReportOutcomeResponse:
+        """``POST /v1/channels/outcome`` (never retried)."""
+        body = {"user_id": user_id, "segment_id": segment_id, "channel": channel, "converted": converted}
+        return ParseDict(self._http_json("POST", "/v1/channels/outcome", body=body, retry=False),
+                         channel_pb2.ReportOutcomeResponse())
 
     def close(self) -> None:
         if self._channel is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
+from cluster.errors import Unavailable
 from cluster.settings import Settings
 
 __all__ = ["ensure_ray", "shutdown_ray"]
@@ -50,11 +52,34 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
         )
     elif rs.address.startswith("ray://"):
         # Ray Client: the driver runs on the head; this process only talks to it.
-        ray.init(address=rs.address, logging_level=logging.WARNING)
+        _connect_client(rs.address, attempts=rs.connect_attempts)
     else:
         # The driver's node address must be one the cluster's nodes can reach back.
         ray.init(address=rs.address, _node_ip_address=rs.node_ip, **common)
     log.info("Ray ready: %s", ray.cluster_resources())
+
+
+def _connect_client(address: str, *, attempts: int) -> None:
+    """``ray.init`` over Ray Client, retried: the head's proxier starts one server process
+    per client, and on a loaded head that start can fail once and succeed the next time."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError from the proxier, or a timeout
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            if attempt == attempts:
+                raise Unavailable(
+                    f"Ray Client at {address} refused the connection {attempts} times; last: {reason} "
+                    "(the head's ray_client_server_*.err logs say why)"
+                ) from exc
+            log.warning("Ray Client connection %d/%d to %s failed (%s); retrying", attempt, attempts,
+                        address, reason)
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(2.0 * attempt)
 
 
 def shutdown_ray() -> None:

@@ -34,6 +34,7 @@ from cluster.feature_io import (  # re-exported: the Spark-free half of this mod
     CHURN_COVARIATES,
     MISSING,
     OTHER,
+    RECENCY_BANDS,
     SPEC_FORMAT,
     CtrMatrix,
     churn_design,
@@ -91,7 +92,7 @@ CTR_NUMERIC: tuple[tuple[str, str], ...] = (
     ("frequency", "log1p"), ("monetary", "log1p"), ("events_recent", "log1p"), ("top_category_share", "identity"),
 )
 #: Recency bands (days since the last paid order, as of the impression day): upper bounds.
-_RECENCY_BANDS: tuple[tuple[int, str], ...] = ((7, "1-7"), (30, "8-30"), (90, "31-90"))
+_RECENCY_BANDS = RECENCY_BANDS
 
 # Minimal raw-zone schemas of the optional datasets (users, events), for deliveries that lack them.
 _EMPTY_SCHEMAS = {

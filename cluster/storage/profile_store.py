@@ -17,11 +17,21 @@ from pathlib import Path
 
 from cluster.errors import Unavailable
 from cluster.settings import Settings
-from cluster.storage.keys import COUNTER_FAMILY, encode_counter, encode_value, split_column
+from cluster.storage.keys import (
+    COUNTER_FAMILY,
+    encode_counter,
+    encode_value,
+    split_column,
+)
 
-__all__ = ["ProfileStore", "SqliteProfileStore", "HBaseProfileStore", "open_profile_store", "CellValue"]
+__all__ = [
+    "INTERNAL_ROW_PREFIX", "ProfileStore", "SqliteProfileStore", "HBaseProfileStore", "open_profile_store", "CellValue",
+]
 
 CellValue = str | int | float | bool | bytes
+#: First character of rows that hold shared state rather than a user; user ids cannot
+#: contain control characters, so no user's row starts with it.
+INTERNAL_ROW_PREFIX = "\x1f"
 
 
 def _encode(column: str, value: CellValue) -> bytes:
@@ -70,7 +80,8 @@ class ProfileStore(ABC):
 
     @abstractmethod
     def count_users(self) -> int:
-        """Number of users with at least one cell (for reports and tests)."""
+        """Number of users with at least one cell (for reports and tests). Rows whose key
+        starts with :data:`INTERNAL_ROW_PREFIX` hold shared state (bandit counts), not users."""
 
     def close(self) -> None:
         """Release connections (safe to call twice)."""
@@ -235,7 +246,8 @@ class SqliteProfileStore(ProfileStore):
     def count_users(self) -> int:
         return int(
             self._conn()
-            .execute("SELECT COUNT(*) FROM (SELECT user_id FROM cells UNION SELECT user_id FROM counters)")
+            .execute("SELECT COUNT(*) FROM (SELECT user_id FROM cells UNION SELECT user_id FROM counters) "
+                     "WHERE substr(user_id, 1, 1) != char(31)")
             .fetchone()[0]
         )
 
@@ -382,7 +394,9 @@ class HBaseProfileStore(ProfileStore):
 
     def count_users(self) -> int:
         with self._connection() as conn:
-            return sum(1 for _ in conn.table(self.table_name).scan(filter=b"FirstKeyOnlyFilter()", batch_size=1000))
+            scan = conn.table(self.table_name).scan(filter=b"FirstKeyOnlyFilter()", batch_size=1000)
+            # Keys are "xx|<user id>"; rows whose id starts with \x1f hold shared state, not a user.
+            return sum(1 for key, _ in scan if key[3:4] != INTERNAL_ROW_PREFIX.encode())
 
     def drop_table(self) -> None:
         """Delete the profile table (tests and teardown); recreated on next use."""

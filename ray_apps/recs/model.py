@@ -614,6 +614,11 @@ class RecModel:
         keys = np.where(blocked, -np.inf, self.popularity)
         return Recommendations(self._ranked(keys, self.popularity, n), REASON_POPULARITY)
 
+    def interactions_of(self, user_id: str) -> int:
+        """How many items the user has in the training history (0 for an unknown user)."""
+        row = self._user_row.get(user_id)
+        return 0 if row is None else int(self.history.indptr[row + 1] - self.history.indptr[row])
+
     def __repr__(self) -> str:
         return (f"RecModel({type(self.estimator).__name__}, users={len(self.user_ids)}, "
                 f"items={len(self.item_ids)}, min_interactions={self.min_interactions})")

@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError
+from cluster.errors import InvalidArgument, NotFound
 from cluster.storage import ProfileStore, decode_float, decode_str
 from protos.marketing.v1 import segment_pb2
+from ray_apps.current import CurrentModel
 from ray_apps.registry import ModelRegistry, ModelVersion
 from ray_apps.segments.model import RFMSegmenter
 
@@ -89,44 +90,16 @@ class SegmentLookup:
         )
 
 
-class CurrentSegmentModel:
-    """The registry's current segments model, re-checked at most every ``refresh_s`` seconds.
-
-    A deployment made before any training (the cluster's platform role deploys at
-    provisioning) answers FAILED_PRECONDITION until ``pmkt tune segments`` has run, then
-    picks the model up without a redeploy; a later training swaps it in the same way.
-    """
+class CurrentSegmentModel(CurrentModel[SegmentLookup]):
+    """The registry's current segments model as a :class:`SegmentLookup` (see
+    :class:`ray_apps.current.CurrentModel`: re-checked every ``refresh_s`` seconds, swapped
+    without a redeploy, FAILED_PRECONDITION before the first training)."""
 
     def __init__(self, registry: ModelRegistry, store: ProfileStore, *, refresh_s: float, max_user_id_length: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._registry = registry
-        self._store = store
-        self._refresh_s = refresh_s
-        self._max_len = max_user_id_length
-        self._clock = clock
-        self._lookup: SegmentLookup | None = None
-        self._checked_at: float | None = None
-        self.refresh()
-
-    def refresh(self, force: bool = False) -> None:
-        """Load the current version if it changed since the last check (rate-limited)."""
-        now = self._clock()
-        if not force and self._checked_at is not None and now - self._checked_at < self._refresh_s:
-            return
-        self._checked_at = now
-        try:
-            version = self._registry.current_version(MODEL_NAME)
-            if self._lookup is not None and self._lookup.version.version == version:
-                return
-            model, mv = self._registry.load(MODEL_NAME, version)
-        except NotFound:
-            return
-        except PlatformError as exc:  # registry unreachable: keep answering with what we have
-            log.warning("cannot check the model registry (keeping %s): %s",
-                        self._lookup.version.ref if self._lookup else "no model", exc.message)
-            return
-        self._lookup = SegmentLookup(self._store, model, mv, self._max_len)
-        log.info("serving segments model %s", mv.ref)
+        super().__init__(registry, MODEL_NAME,
+                         lambda model, mv: SegmentLookup(store, model, mv, max_user_id_length),
+                         refresh_s=refresh_s, clock=clock)
 
     def lookup(self) -> SegmentLookup:
         """The lookup for the current model.
@@ -134,7 +107,4 @@ class CurrentSegmentModel:
         Raises:
             FailedPrecondition: no segments model has been trained yet.
         """
-        self.refresh()
-        if self._lookup is None:
-            raise FailedPrecondition(f"no {MODEL_NAME} model has been trained yet: run `pmkt tune {MODEL_NAME}`")
-        return self._lookup
+        return self.get()

@@ -6,6 +6,12 @@ gRPC service       gRPC method                          HTTP
 SegmentService     ``GetSegment``                       ``GET /v1/users/{id}/segment``
 ProfileService     ``GetProfile`` (field mask)          ``GET /v1/users/{id}/profile?fields=a,b``
 EventService       ``TrackEvents``                      ``POST /v1/events``
+CtrService         ``ScoreBatch``                       ``POST /v1/ctr/score``
+RecommendService   ``Recommend``                        ``GET /v1/users/{id}/recommendations``
+ChurnService       ``GetChurnRisk``                     ``GET /v1/users/{id}/churn``
+OfferService       ``GenerateOffer``                    ``POST /v1/offers``
+BudgetService      ``OptimizeBudget``                   ``POST /v1/budget/optimize``
+ChannelService     ``ChooseChannel``, ``ReportOutcome`` ``POST /v1/channels/choose``, ``.../outcome``
 =================  ===================================  ==========================================
 
 Serve's gRPC proxy calls the deployment method named like the RPC; its HTTP proxy routes
@@ -14,23 +20,43 @@ to the FastAPI app. Both go through the same lookups, so both answer the same.
 
 # No `from __future__ import annotations` here: FastAPI resolves the request-body model from
 # the route's annotations at runtime, and Serve's class ingress cannot resolve a string.
+import asyncio
 import logging
 import threading
 from typing import Any
 
 from fastapi import Body, FastAPI, Query
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
-from cluster.errors import InvalidArgument
+from cluster.errors import InvalidArgument, NotFound
 from cluster.settings import Settings, load_settings
 from cluster.storage import open_lake, open_profile_store
 from cluster.storage.tombstones import Tombstones
-from protos.marketing.v1 import events_pb2, profile_pb2, segment_pb2
+from protos.marketing.v1 import (
+    budget_pb2,
+    channel_pb2,
+    churn_pb2,
+    ctr_pb2,
+    events_pb2,
+    offer_pb2,
+    profile_pb2,
+    recommend_pb2,
+    segment_pb2,
+)
+from ray_apps.budget import Allocation, Channel, optimize_budget
+from ray_apps.channels.bandit import ChannelBandit
+from ray_apps.channels.service import ChannelChooser
+from ray_apps.churn.service import ChurnScorer
+from ray_apps.ctr.service import CtrScorer
+from ray_apps.current import CurrentModel
 from ray_apps.events.intake import EVENT_FIELDS, EventIntake, IntakeResult
+from ray_apps.offers.service import OfferEngine
 from ray_apps.profiles.service import ProfileLookup
+from ray_apps.recs.service import Recommender
 from ray_apps.registry import ModelRegistry
 from ray_apps.segments.service import CurrentSegmentModel
 from ray_apps.serve.errors import grpc_method, install_http_error_handlers
@@ -44,13 +70,31 @@ GRPC_SERVICERS = [
     "protos.marketing.v1.segment_pb2_grpc.add_SegmentServiceServicer_to_server",
     "protos.marketing.v1.profile_pb2_grpc.add_ProfileServiceServicer_to_server",
     "protos.marketing.v1.events_pb2_grpc.add_EventServiceServicer_to_server",
+    "protos.marketing.v1.ctr_pb2_grpc.add_CtrServiceServicer_to_server",
+    "protos.marketing.v1.recommend_pb2_grpc.add_RecommendServiceServicer_to_server",
+    "protos.marketing.v1.churn_pb2_grpc.add_ChurnServiceServicer_to_server",
+    "protos.marketing.v1.offer_pb2_grpc.add_OfferServiceServicer_to_server",
+    "protos.marketing.v1.budget_pb2_grpc.add_BudgetServiceServicer_to_server",
+    "protos.marketing.v1.channel_pb2_grpc.add_ChannelServiceServicer_to_server",
+    # The standard health service (grpc_health_probe, Kubernetes gRPC probes): Check only.
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
+#: gRPC service -> the model family it needs (None: no model).
+SERVICE_MODELS = {
+    "marketing.v1.SegmentService": "segments", "marketing.v1.ProfileService": None,
+    "marketing.v1.EventService": None, "marketing.v1.CtrService": "ctr",
+    "marketing.v1.RecommendService": "recs", "marketing.v1.ChurnService": "churn",
+    "marketing.v1.OfferService": "segments", "marketing.v1.BudgetService": None,
+    "marketing.v1.ChannelService": "segments",
+}
 
 http_app = FastAPI(
     title="Precision-marketing platform API",
     version="v1",
-    description="Segments, 360° profiles and real-time events. Errors: 404 unknown user, "
-                "409 no model yet, 422 invalid argument (the body names the field).",
+    description="Segments, 360° profiles, real-time events, CTR scores, recommendations, churn risk, "
+                "offers, budget allocation and channel choice. Errors: 404 unknown user, "
+                "409 no model yet (or a precondition such as consent), 422 invalid argument "
+                "(the body names the field).",
 )
 install_http_error_handlers(http_app)
 
@@ -71,6 +115,77 @@ class EventIn(BaseModel):
 
 class EventsIn(BaseModel):
     events: list[EventIn] = Field(..., description="the batch; each event is accepted or rejected on its own")
+
+
+class AdCandidateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = ""
+    ad_id: str = ""
+    campaign_id: str = ""
+    channel: str = ""
+    ad_position: int = 0
+    device_type: str = ""
+
+
+class ScoreBatchIn(BaseModel):
+    candidates: list[AdCandidateIn] = Field(..., description="user-ad pairs to score, 1..serve.max_batch")
+
+
+class OfferIn(BaseModel):
+    user_id: str = ""
+    campaign_id: str = ""
+
+
+class BudgetChannelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    cost_per_placement: float = 0.0
+    roi: float = 0.0
+    max_placements: float = 0.0
+    min_placements: float = 0.0
+
+
+class OptimizeBudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channels: list[BudgetChannelIn] = []
+    total_budget: float = 0.0
+    objective: str = ""
+    integer_placements: bool = False
+
+
+class ChannelTargetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | None = None
+    segment_id: int | None = None
+
+
+class OutcomeIn(ChannelTargetIn):
+    channel: str = ""
+    converted: bool = False
+
+
+def _budget_channels(raw: list[Any]) -> list[Channel]:
+    return [Channel(name=c.name, cost=c.cost_per_placement, roi=c.roi, max_placements=c.max_placements,
+                    min_placements=c.min_placements) for c in raw]
+
+
+def _budget_message(plan: Allocation) -> budget_pb2.OptimizeBudgetResponse:
+    def con(c: Any) -> budget_pb2.BudgetConstraint:
+        return budget_pb2.BudgetConstraint(name=c.name, limit=c.limit, slack=c.slack, shadow_price=c.shadow_price)
+
+    return budget_pb2.OptimizeBudgetResponse(
+        allocations=[budget_pb2.ChannelAllocation(name=n, placements=p, spend=plan.spend[n])
+                     for n, p in plan.placements.items()],
+        objective=plan.objective, objective_value=plan.objective_value, revenue=plan.revenue,
+        total_spend=plan.total_spend, binding=[con(c) for c in plan.binding],
+        constraints=[con(c) for c in plan.constraints],
+    )
+
+
+def _target(message: Any) -> dict[str, Any]:
+    which = message.WhichOneof("target")
+    return {"user_id": message.user_id} if which == "user_id" else (
+        {"segment_id": message.segment_id} if which == "segment_id" else {})
 
 
 def _result_message(result: IntakeResult) -> events_pb2.TrackEventsResponse:
@@ -98,6 +213,18 @@ class MarketingApi:
         self._segments = CurrentSegmentModel(ModelRegistry(lake), store, refresh_s=sv.model_refresh_s,
                                              max_user_id_length=sv.max_user_id_length)
         self._profiles = ProfileLookup(store, self._segments, sv.max_user_id_length)
+        registry = ModelRegistry(lake)
+        uid_max = sv.max_user_id_length
+        self._ctr = CurrentModel(registry, "ctr", lambda m, mv: CtrScorer(
+            store, m, mv, max_batch=sv.max_batch, max_user_id_length=uid_max), refresh_s=sv.model_refresh_s)
+        self._recs = CurrentModel(registry, "recs", lambda m, mv: Recommender(
+            store, m, mv, max_exclude=sv.max_batch, max_user_id_length=uid_max), refresh_s=sv.model_refresh_s)
+        self._churn = CurrentModel(registry, "churn", lambda m, mv: ChurnScorer(
+            lake, m, mv, max_user_id_length=uid_max), refresh_s=sv.model_refresh_s)
+        ch = settings.channels
+        bandit = ChannelBandit(store, ch.names, prior_alpha=ch.prior_alpha, prior_beta=ch.prior_beta)
+        self._channels = ChannelChooser(store, self._segments, bandit, max_user_id_length=uid_max)
+        self._offers = OfferEngine(store, self._channels, self._churn, settings.offers)
         ev = settings.events
         tombstones = Tombstones(lake, ttl_s=ev.tombstone_ttl_s)
         self._intake = EventIntake(
@@ -124,6 +251,24 @@ class MarketingApi:
         except Exception:  # noqa: BLE001 - shutting down
             log.exception("final flush of real-time events failed")
 
+    # -- grpc.health.v1.Health -------------------------------------------------------------
+    @grpc_method(health_pb2.HealthCheckResponse)
+    async def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
+        """SERVING for the server ("") and for a service whose model is loaded; NOT_SERVING
+        for a service still waiting for its first model; NOT_FOUND for an unknown service."""
+        status = health_pb2.HealthCheckResponse
+        if request.service in ("", "grpc.health.v1.Health"):
+            return status(status=status.SERVING)
+        if request.service not in SERVICE_MODELS:
+            raise NotFound(f"unknown service {request.service!r}")
+        family = SERVICE_MODELS[request.service]
+        holder = {"segments": self._segments, "ctr": self._ctr, "recs": self._recs, "churn": self._churn}.get(family)
+        if holder is not None:
+            holder.refresh()
+            if holder.version is None:
+                return status(status=status.NOT_SERVING)
+        return status(status=status.SERVING)
+
     # -- SegmentService --------------------------------------------------------------------
     @grpc_method(segment_pb2.GetSegmentResponse)
     async def GetSegment(self, request: segment_pb2.GetSegmentRequest) -> segment_pb2.GetSegmentResponse:
@@ -140,6 +285,8 @@ class MarketingApi:
 
     @http_app.get("/v1/users//segment", include_in_schema=False)
     @http_app.get("/v1/users//profile", include_in_schema=False)
+    @http_app.get("/v1/users//recommendations", include_in_schema=False)
+    @http_app.get("/v1/users//churn", include_in_schema=False)
     def get_user_http_empty_id(self) -> dict[str, Any]:
         # An empty path segment matches no route and would be a bare 404; the contract
         # says an empty id is an invalid argument on both transports.
@@ -177,6 +324,120 @@ class MarketingApi:
     def track_events_http(self, body: EventsIn = Body(...)) -> dict[str, Any]:
         events = [e.model_dump() for e in body.events]
         return _as_dict(_result_message(self._intake.track(events)))
+
+    # -- CtrService ------------------------------------------------------------------------
+    @grpc_method(ctr_pb2.ScoreBatchResponse)
+    async def ScoreBatch(self, request: ctr_pb2.ScoreBatchRequest) -> ctr_pb2.ScoreBatchResponse:
+        fields = ("user_id", "ad_id", "campaign_id", "channel", "ad_position", "device_type")
+        return self._ctr.get().score([{f: getattr(c, f) for f in fields} for c in request.candidates])
+
+    @http_app.post(
+        "/v1/ctr/score",
+        summary="Click probabilities of user-ad candidate pairs",
+        responses={409: {"description": "no CTR model trained yet"},
+                   422: {"description": "empty or over-large batch, or a bad candidate field"}},
+    )
+    def score_batch_http(self, body: ScoreBatchIn = Body(...)) -> dict[str, Any]:
+        return _as_dict(self._ctr.get().score([c.model_dump() for c in body.candidates]))
+
+    # -- RecommendService ------------------------------------------------------------------
+    @grpc_method(recommend_pb2.RecommendResponse)
+    async def Recommend(self, request: recommend_pb2.RecommendRequest) -> recommend_pb2.RecommendResponse:
+        return self._recs.get().recommend(request.user_id, request.n, list(request.exclude_item_ids))
+
+    @http_app.get(
+        "/v1/users/{user_id}/recommendations",
+        summary="The n best items the user has not seen, with the reason",
+        responses={409: {"description": "no recommendation model trained yet"},
+                   422: {"description": "bad user_id, n or exclude"}},
+    )
+    def recommend_http(
+        self, user_id: str, n: int = Query(0, description="list length 1..100 (0: 10)"),
+        exclude: str = Query("", description="comma-separated item ids never to list"),
+    ) -> dict[str, Any]:
+        items = [i.strip() for i in exclude.split(",") if i.strip()]
+        return _as_dict(self._recs.get().recommend(user_id, n, items))
+
+    # -- ChurnService ----------------------------------------------------------------------
+    @grpc_method(churn_pb2.ChurnRisk)
+    async def GetChurnRisk(self, request: churn_pb2.GetChurnRiskRequest) -> churn_pb2.ChurnRisk:
+        return self._churn.get().risk(request.user_id, request.curve_step_days)
+
+    @http_app.get(
+        "/v1/users/{user_id}/churn",
+        summary="Churn risk, survival curve, median time to churn and contact day",
+        responses={404: {"description": "user not in the churn table"},
+                   409: {"description": "no churn model trained yet"},
+                   422: {"description": "bad user_id or curve_step_days"}},
+    )
+    def churn_http(self, user_id: str,
+                   curve_step_days: int = Query(0, description="days between curve points 1..90 (0: 7)")
+                   ) -> dict[str, Any]:
+        return _as_dict(self._churn.get().risk(user_id, curve_step_days))
+
+    # -- OfferService ----------------------------------------------------------------------
+    @grpc_method(offer_pb2.Offer)
+    async def GenerateOffer(self, request: offer_pb2.GenerateOfferRequest) -> offer_pb2.Offer:
+        return self._offers.generate(request.user_id, request.campaign_id)
+
+    @http_app.post(
+        "/v1/offers",
+        summary="The user's offer for a campaign (idempotent while valid)",
+        responses={404: {"description": "unknown campaign or user"},
+                   409: {"description": "no consented channel, campaign cap reached, or no segments model"},
+                   422: {"description": "bad user_id or campaign_id"}},
+    )
+    def generate_offer_http(self, body: OfferIn = Body(...)) -> dict[str, Any]:
+        return _as_dict(self._offers.generate(body.user_id, body.campaign_id))
+
+    # -- BudgetService ---------------------------------------------------------------------
+    @grpc_method(budget_pb2.OptimizeBudgetResponse)
+    async def OptimizeBudget(self, request: budget_pb2.OptimizeBudgetRequest) -> budget_pb2.OptimizeBudgetResponse:
+        # CBC runs as a subprocess (and a conflict search solves once per constraint): off the
+        # replica's event loop, so the replica's other requests are not held up.
+        plan = await asyncio.to_thread(
+            optimize_budget, _budget_channels(list(request.channels)), request.total_budget,
+            objective=request.objective or "revenue", integer=request.integer_placements)
+        return _budget_message(plan)
+
+    @http_app.post(
+        "/v1/budget/optimize",
+        summary="Split a budget over channels (linear programme, PuLP)",
+        responses={409: {"description": "infeasible: the message names the constraints in conflict"},
+                   422: {"description": "a field out of range (named)"}},
+    )
+    def optimize_budget_http(self, body: OptimizeBudgetIn = Body(...)) -> dict[str, Any]:
+        plan = optimize_budget(_budget_channels(body.channels), body.total_budget,
+                               objective=body.objective or "revenue", integer=body.integer_placements)
+        return _as_dict(_budget_message(plan))
+
+    # -- ChannelService --------------------------------------------------------------------
+    @grpc_method(channel_pb2.ChooseChannelResponse)
+    async def ChooseChannel(self, request: channel_pb2.ChooseChannelRequest) -> channel_pb2.ChooseChannelResponse:
+        return self._channels.choose(**_target(request))
+
+    @grpc_method(channel_pb2.ReportOutcomeResponse)
+    async def ReportOutcome(self, request: channel_pb2.ReportOutcomeRequest) -> channel_pb2.ReportOutcomeResponse:
+        return self._channels.report(channel=request.channel, converted=request.converted, **_target(request))
+
+    @http_app.post(
+        "/v1/channels/choose",
+        summary="Pick a channel by Thompson sampling (for a user or a segment)",
+        responses={404: {"description": "no profile for the user"},
+                   409: {"description": "no consented channel, or no segments model"},
+                   422: {"description": "neither or both targets, or a bad field"}},
+    )
+    def choose_channel_http(self, body: ChannelTargetIn = Body(...)) -> dict[str, Any]:
+        return _as_dict(self._channels.choose(user_id=body.user_id, segment_id=body.segment_id))
+
+    @http_app.post(
+        "/v1/channels/outcome",
+        summary="Report a contact's outcome to the channel bandit",
+        responses={404: {"description": "no profile for the user"}, 422: {"description": "a bad field"}},
+    )
+    def report_outcome_http(self, body: OutcomeIn = Body(...)) -> dict[str, Any]:
+        return _as_dict(self._channels.report(channel=body.channel, converted=body.converted,
+                                              user_id=body.user_id, segment_id=body.segment_id))
 
 
 def build_api_app(settings: Settings) -> Application:

@@ -1,7 +1,6 @@
 """The whole slice on small generated data: generate -> ingest -> RFM -> Tune -> Serve -> client.
 
-Module-scoped: the chain runs once (about a minute and a half) and each test checks one
-promise of it.
+The chain (tests/e2e/conftest.py) runs once per session and each test checks one promise of it.
 """
 
 from __future__ import annotations
@@ -17,42 +16,6 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 pytestmark = pytest.mark.e2e
-
-USERS, DAYS, SEED = 3000, 120, 11
-
-
-@pytest.fixture(scope="module")
-def chain(settings_factory, tmp_path_factory, spark):
-    from cluster.datagen import generate
-    from ray_apps.runtime import shutdown_ray
-    from ray_apps.segments.tune import train_segments
-    from ray_apps.serve.launcher import start_serving
-    from spark_jobs import clv, ingest, profiles, rfm
-
-    settings = settings_factory()
-    data = tmp_path_factory.mktemp("slice") / "input"
-    generate(data, users=USERS, days=DAYS, seed=SEED)
-    report_path = data.parent / "report.json"
-    report = ingest.main(settings, data, report_path=report_path)
-    rfm_meta = rfm.main(settings)
-    clv_meta = clv.main(settings)
-    profiles_meta = profiles.main(settings)
-    model_version = train_segments(settings)
-    start_serving(settings)
-    try:
-        yield {
-            "settings": settings,
-            "data": data,
-            "report": report,
-            "report_path": report_path,
-            "rfm": rfm_meta,
-            "clv": clv_meta,
-            "profiles": profiles_meta,
-            "model": model_version,
-            "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8")),
-        }
-    finally:
-        shutdown_ray()
 
 
 def _features(lake, chain) -> pd.DataFrame:

@@ -40,7 +40,14 @@ if ! $BIN/pmkt --profile cluster cluster up; then
 fi
 echo "== cluster healthy after $(( $(date +%s) - start ))s"
 $BIN/pmkt --settings "$SETTINGS" cluster status
-PMKT_REQUIRE_CLUSTER=1 PMKT_CLUSTER_SETTINGS="$SETTINGS" $BIN/python -m pytest tests/integration "$@"
+PMKT_REQUIRE_CLUSTER=1 PMKT_CLUSTER_SETTINGS="$SETTINGS" $BIN/python -m pytest tests/integration --durations=10 "$@"
 rc=$?
+if [ "$rc" != 0 ]; then
+  # The wipe removes the Ray logs: keep what says why a Ray process failed in CI's output.
+  for f in /tmp/pmkt-ray/*/session_latest/logs/{ray_client_server*,raylet,gcs_server,serve/controller*}.err; do
+    [ -s "$f" ] || continue
+    echo "== last lines of $f" >&2; tail -n 25 "$f" >&2
+  done
+fi
 teardown || rc=1
 exit $rc

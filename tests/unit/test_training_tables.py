@@ -247,7 +247,7 @@ def test_churn_covariates_do_not_see_the_observation_end_or_later(spark):
 
 # --- Generated data: the planted truth shows up ------------------------------------------------------
 
-GEN_USERS, GEN_DAYS, SEED = 4000, 180, 7
+from tests.unit.conftest import TABLES_DAYS as GEN_DAYS  # noqa: E402  (the shared built_tables fixture)
 #: Minimum test AUC of a logistic regression. Measured on this data set: 0.633 (C=0.1), against
 #: 0.664 for the true p_click (the ceiling); the Hanley-McNeil standard error is about 0.015, so
 #: 0.58 is more than three standard errors below the measurement and still far above chance.
@@ -255,23 +255,15 @@ MIN_AUC = 0.58
 
 
 @pytest.fixture(scope="module")
-def generated(settings, spark, tmp_path_factory):
-    """Synthetic data, ingested, then the training tables built; shared by the tests below."""
-    from cluster.datagen import generate
-    from spark_jobs import ingest
-
-    base = tmp_path_factory.mktemp("training-tables")
-    summary = generate(base / "input", users=GEN_USERS, days=GEN_DAYS, seed=SEED)
-    s = _lake_settings(settings, base / "lake")
-    ingest.main(s, base / "input", run_id="run-ingest")
-    steps: list[tuple[str, float]] = []
-    meta = tt.main(s, run_id="run-tables", progress=lambda step, frac: steps.append((step, frac)))
-    lake = open_lake(s)
+def generated(built_tables):
+    """Synthetic data, ingested, then the training tables built (shared with the churn tests)."""
+    summary, meta = built_tables["summary"], built_tables["meta"]
+    lake = open_lake(built_tables["settings"])
     return {
         "meta": meta,
         "lake": lake,
-        "steps": steps,
-        "truth": base / "input" / "_truth",
+        "steps": built_tables["steps"],
+        "truth": built_tables["base"] / "input" / "_truth",
         "manifest": json.loads(summary.manifest_path.read_text(encoding="utf-8")),
         "churn": lake.read_parquet(meta["churn"]["path"]),
     }

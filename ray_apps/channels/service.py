@@ -1,0 +1,94 @@
+"""ChooseChannel / ReportOutcome's business logic, independent of the transport."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cluster.errors import InvalidArgument, NotFound
+from cluster.storage import ProfileStore, decode_str
+from protos.marketing.v1 import channel_pb2
+from ray_apps.channels.bandit import NO_SEGMENT, ChannelBandit
+from ray_apps.segments.service import (
+    EXTRA_CELLS,
+    RFM_CELLS,
+    CurrentSegmentModel,
+    validate_user_id,
+)
+
+__all__ = ["ChannelChooser", "consent_cells", "consent_of"]
+
+
+def consent_cells(channels: tuple[str, ...]) -> list[str]:
+    return [f"a:opt_in_{ch}" for ch in channels]
+
+
+def consent_of(cells: Mapping[str, bytes], channels: tuple[str, ...]) -> dict[str, bool]:
+    """Consent per channel; a missing flag is no consent."""
+    return {ch: decode_str(cells.get(f"a:opt_in_{ch}", b"")).strip().lower() in ("1", "true")
+            for ch in channels}
+
+
+class ChannelChooser:
+    def __init__(self, store: ProfileStore, segments: CurrentSegmentModel, bandit: ChannelBandit, *,
+                 max_user_id_length: int) -> None:
+        self.store = store
+        self.segments = segments
+        self.bandit = bandit
+        self.max_user_id_length = max_user_id_length
+        self._cells = [*consent_cells(bandit.channels), *RFM_CELLS, *EXTRA_CELLS.values()]
+
+    def user_context(self, user_id: str, extra: tuple[str, ...] = ()
+                     ) -> tuple[int, str, dict[str, bool], dict[str, bytes]]:
+        """(segment id or -1, segment name or ``none``, consent, cells) of a user; ``extra``
+        cells are read in the same call.
+
+        Raises:
+            NotFound: the user has no profile.
+            FailedPrecondition: no segments model yet.
+        """
+        validate_user_id(user_id, self.max_user_id_length)
+        lookup = self.segments.lookup()
+        cells = self.store.read(user_id, [*self._cells, *extra])
+        if not cells:
+            raise NotFound(f"no profile for user {user_id!r}")
+        try:
+            seg = lookup.from_cells(user_id, cells)
+            segment_id, segment = seg.segment_id, seg.segment_name
+        except NotFound:  # no purchase yet: the pool of unsegmented users
+            segment_id, segment = -1, NO_SEGMENT
+        return segment_id, segment, consent_of(cells, self.bandit.channels), cells
+
+    def _segment_name(self, segment_id: int) -> str:
+        names = self.segments.lookup().model.names_
+        if not 0 <= segment_id < len(names):
+            raise InvalidArgument(f"segment_id must be 0..{len(names) - 1} for the served segments model",
+                                  field="segment_id")
+        return names[segment_id]
+
+    def _target(self, user_id: str | None, segment_id: int | None) -> tuple[str | None, int, str, dict | None]:
+        if (user_id is None) == (segment_id is None):
+            raise InvalidArgument("target: give exactly one of user_id and segment_id", field="target")
+        if user_id is not None:
+            sid, name, consent, _ = self.user_context(user_id)
+            return user_id, sid, name, consent
+        return None, segment_id, self._segment_name(segment_id), None
+
+    def choose(self, *, user_id: str | None = None, segment_id: int | None = None
+               ) -> channel_pb2.ChooseChannelResponse:
+        uid, sid, name, consent = self._target(user_id, segment_id)
+        choice = self.bandit.choose(segment=name, user_id=uid, consent=consent)
+        return channel_pb2.ChooseChannelResponse(
+            channel=choice.channel, segment_id=sid, segment_name=name,
+            arms=[channel_pb2.ChannelArm(channel=a.channel, trials=a.trials, conversions=a.conversions,
+                                         posterior_mean=a.posterior_mean, sample=a.sample) for a in choice.arms],
+            excluded=choice.excluded,
+        )
+
+    def report(self, *, channel: str, converted: bool, user_id: str | None = None, segment_id: int | None = None
+               ) -> channel_pb2.ReportOutcomeResponse:
+        self.bandit.check_channel(channel)
+        uid, sid, name, _ = self._target(user_id, segment_id)
+        self.bandit.report(segment=name, channel=channel, converted=converted, user_id=uid)
+        trials, conversions = self.bandit.state(segment=name, user_id=uid)[channel]
+        return channel_pb2.ReportOutcomeResponse(channel=channel, segment_id=sid, segment_name=name,
+                                                 trials=trials, conversions=conversions)

@@ -1,0 +1,1 @@
+"""Personalised offers: rules over segment, CLV, propensity and churn risk."""

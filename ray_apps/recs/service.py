@@ -1,0 +1,67 @@
+"""Recommend's business logic, independent of the transport.
+
+The model holds the training histories, so the items a user has seen are excluded without
+a store read; the profile store is read only for a user the model cannot score (too little
+history), whose fresh ``t:top_categories`` steer the category fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from cluster.errors import InvalidArgument
+from cluster.storage import ProfileStore, decode_str
+from protos.marketing.v1 import recommend_pb2
+from ray_apps.recs.model import ALGORITHMS, RecModel
+from ray_apps.registry import ModelVersion
+from ray_apps.segments.service import validate_user_id
+
+__all__ = ["Recommender", "MODEL_NAME", "DEFAULT_N", "MAX_N"]
+
+MODEL_NAME = "recs"
+DEFAULT_N = 10
+MAX_N = 100
+
+
+class Recommender:
+    def __init__(self, store: ProfileStore, model: RecModel, version: ModelVersion, *, max_exclude: int,
+                 max_user_id_length: int) -> None:
+        self.store = store
+        self.model = model
+        self.version = version
+        self.max_exclude = max_exclude
+        self.max_user_id_length = max_user_id_length
+        names = {cls: name for name, cls in ALGORITHMS.items()}
+        self.algorithm = names.get(type(model.estimator), type(model.estimator).__name__.lower())
+
+    def _categories(self, user_id: str) -> list[tuple[str, float]] | None:
+        cells = self.store.read(user_id, ["t:top_categories"])
+        if not cells:
+            return None
+        try:
+            return [(str(c), float(s)) for c, s in json.loads(decode_str(cells["t:top_categories"]))]
+        except (ValueError, TypeError):
+            return None
+
+    def recommend(self, user_id: str, n: int = 0, exclude: Sequence[str] = ()) -> recommend_pb2.RecommendResponse:
+        """The ``n`` (default 10) best unseen items and the reason.
+
+        Raises:
+            InvalidArgument: bad user_id, ``n`` outside 0..100, too many exclusions.
+        """
+        validate_user_id(user_id, self.max_user_id_length)
+        if not 0 <= n <= MAX_N:
+            raise InvalidArgument(f"n must be 1..{MAX_N} (0 for {DEFAULT_N}), got {n}", field="n")
+        if len(exclude) > self.max_exclude:
+            raise InvalidArgument(f"at most {self.max_exclude} exclude_item_ids, got {len(exclude)}",
+                                  field="exclude_item_ids")
+        n = n or DEFAULT_N
+        scored = self.model.min_interactions <= self.model.interactions_of(user_id)
+        categories = None if scored else self._categories(user_id)
+        recs = self.model.recommend(user_id, n, exclude=exclude, categories=categories)
+        return recommend_pb2.RecommendResponse(
+            user_id=user_id,
+            items=[recommend_pb2.RecommendedItem(item_id=i, score=float(s)) for i, s in recs.items],
+            reason=recs.reason, algorithm=self.algorithm, model_version=self.version.ref,
+        )

@@ -1,0 +1,55 @@
+"""The end-to-end chain, run once per session on generated data with the embedded profile:
+generate -> ingest -> RFM -> CLV -> tags -> training tables -> profiles -> Tune (segments, and
+a smoke search of CTR, recommendations and churn) -> Serve. Each test checks one promise of it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+USERS, DAYS, SEED = 3000, 120, 11
+#: 120 days cannot show a 90-day churn: a 30-day inactivity window gives the churn model churners.
+INACTIVITY_DAYS = 30
+
+
+@pytest.fixture(scope="session")
+def chain(settings_factory, tmp_path_factory, spark):
+    from cluster.datagen import generate
+    from ray_apps.runtime import shutdown_ray
+    from ray_apps.segments.tune import train_segments
+    from ray_apps.serve.launcher import start_serving
+    from ray_apps.tuning import get_spec, run_tune
+    from spark_jobs import clv, ingest, profiles, rfm, tags, training_tables
+
+    settings = settings_factory()
+    data = tmp_path_factory.mktemp("slice") / "input"
+    generate(data, users=USERS, days=DAYS, seed=SEED)
+    report_path = data.parent / "report.json"
+    report = ingest.main(settings, data, report_path=report_path)
+    rfm_meta = rfm.main(settings)
+    clv_meta = clv.main(settings)
+    tags_meta = tags.main(settings)
+    tables_meta = training_tables.main(settings, inactivity_days=INACTIVITY_DAYS)
+    profiles_meta = profiles.main(settings)
+    model_version = train_segments(settings)
+    tuned = {name: run_tune(settings, get_spec(name), scheduler="grid", smoke_test=True).version
+             for name in ("ctr", "recs", "churn")}
+    start_serving(settings)
+    try:
+        yield {
+            "settings": settings,
+            "data": data,
+            "report": report,
+            "report_path": report_path,
+            "rfm": rfm_meta,
+            "clv": clv_meta,
+            "tags": tags_meta,
+            "tables": tables_meta,
+            "profiles": profiles_meta,
+            "model": model_version,
+            "tuned": tuned,
+            "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8")),
+        }
+    finally:
+        shutdown_ray()
