@@ -621,7 +621,8 @@ def store_init(c: _Ctx) -> None:
 @click.option("--http", "use_http", is_flag=True, help="Call the HTTP endpoint instead of gRPC.")
 @pass_ctx
 def segment_cmd(c: _Ctx, user_id: str, use_http: bool) -> None:
-    """Ask the running API for USER_ID's segment (prints JSON)."""
+    """Ask the running API for USER_ID's segment (prints JSON). When the API has keys, set
+    PMKT_API_KEY to this client's key."""
     from google.protobuf.json_format import MessageToDict
 
     from ray_apps.client import MarketingClient

@@ -167,6 +167,22 @@ class AutoscalingSettings(_Model):
         return self
 
 
+class AuthSettings(_Model):
+    """Where the API keys come from (docs/api.md#authentication); the settings never hold a key."""
+
+    # -- environment variable holding "client:key,client:key"
+    keys_env: str = Field("PMKT_API_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # -- file with one client:key per line, mode 0600
+    keys_file: Path | None = None
+    # -- refuse to serve without any key (an open API)
+    required: bool = False
+
+    @field_validator("keys_file", mode="before")
+    @classmethod
+    def _empty_file_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class ServeSettings(_Model):
     """Ray Serve's HTTP and gRPC listeners."""
 
@@ -187,6 +203,7 @@ class ServeSettings(_Model):
     model_refresh_s: float = Field(30.0, gt=0)
     # -- most candidates in one ScoreBatch, items excluded in one Recommend
     max_batch: int = Field(500, ge=1)
+    auth: AuthSettings = AuthSettings()
 
 
 class CampaignSettings(_Model):

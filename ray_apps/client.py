@@ -8,10 +8,13 @@
 
 Errors come back as the platform's own exceptions (NotFound, InvalidArgument, ...), so a
 caller handles one hierarchy whatever the transport. UNAVAILABLE is retried with backoff.
+With ``api_key`` (``from_settings`` reads ``$PMKT_API_KEY``) every call carries
+``authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 from urllib.parse import quote
@@ -70,19 +73,24 @@ class MarketingClient:
         http_base: Base URL of the HTTP endpoint (``http://host:port``).
         timeout_s: Deadline per call.
         retries: Extra attempts on UNAVAILABLE / connection errors (exponential backoff).
+        api_key: Sent as ``authorization: Bearer <key>`` on both transports.
     """
 
-    def __init__(self, grpc_target: str, http_base: str, timeout_s: float = 5.0, retries: int = 3) -> None:
+    def __init__(self, grpc_target: str, http_base: str, timeout_s: float = 5.0, retries: int = 3,
+                 api_key: str | None = None) -> None:
         self.grpc_target = grpc_target
         self.http_base = http_base.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
+        self._auth = [("authorization", f"Bearer {api_key}")] if api_key else []
         self._channel: grpc.Channel | None = None
         self._http: httpx.Client | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "MarketingClient":
+        """A client for the endpoints in ``settings``; the API key defaults to ``$PMKT_API_KEY``."""
         sv = settings.serve
+        kwargs.setdefault("api_key", os.environ.get("PMKT_API_KEY") or None)
         return cls(f"{sv.grpc_client_host}:{sv.grpc_port}", f"http://{sv.http_client_host}:{sv.http_port}", **kwargs)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -108,7 +116,7 @@ class MarketingClient:
 
     def _client(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.http_base, timeout=self.timeout_s)
+            self._http = httpx.Client(base_url=self.http_base, timeout=self.timeout_s, headers=dict(self._auth))
         return self._http
 
     def _retrying(self, call, retries: int | None = None):
@@ -127,7 +135,7 @@ class MarketingClient:
     def _grpc(self, method: str, request: Any) -> Any:
         def call() -> Any:
             try:
-                return getattr(self._stub(method), method)(request, timeout=self.timeout_s)
+                return getattr(self._stub(method), method)(request, timeout=self.timeout_s, metadata=self._auth)
             except grpc.RpcError as err:
                 code = err.code()
                 raise _FROM_GRPC.get(code, PlatformError)(f"{method}: {code.name}: {err.details()}") from None

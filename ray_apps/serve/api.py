@@ -25,7 +25,7 @@ import logging
 import threading
 from typing import Any
 
-from fastapi import Body, FastAPI, Query
+from fastapi import Body, Depends, FastAPI, Header, Query
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,8 @@ from ray_apps.profiles.service import ProfileLookup
 from ray_apps.recs.service import Recommender
 from ray_apps.registry import ModelRegistry
 from ray_apps.segments.service import CurrentSegmentModel
+from ray_apps.serve.auth import ApiKeys, require_api_key
+from ray_apps.serve.auth import install as install_api_keys
 from ray_apps.serve.errors import grpc_method, install_http_error_handlers
 
 __all__ = ["build_app", "build_api_app", "MarketingApi", "GRPC_SERVICERS"]
@@ -88,13 +90,20 @@ SERVICE_MODELS = {
     "marketing.v1.ChannelService": "segments",
 }
 
+def _require_api_key(authorization: str | None = Header(None, include_in_schema=False)) -> None:
+    """Every route needs ``Authorization: Bearer <key>`` when keys are configured."""
+    require_api_key(authorization)
+
+
 http_app = FastAPI(
+    dependencies=[Depends(_require_api_key)],
     title="Precision-marketing platform API",
     version="v1",
     description="Segments, 360° profiles, real-time events, CTR scores, recommendations, churn risk, "
                 "offers, budget allocation and channel choice. Errors: 404 unknown user, "
                 "409 no model yet (or a precondition such as consent), 422 invalid argument "
-                "(the body names the field).",
+                "(the body names the field), 401 missing or unknown API key (when keys are configured: "
+                "send `Authorization: Bearer <key>`).",
 )
 install_http_error_handlers(http_app)
 
@@ -207,6 +216,10 @@ class MarketingApi:
     """Adapts requests on both transports to the lookups and the event intake."""
 
     def __init__(self, settings: Settings) -> None:
+        self._auth = ApiKeys.from_settings(settings.serve.auth)
+        install_api_keys(self._auth)  # for the HTTP routes' dependency
+        if self._auth.enabled:
+            log.info("API keys on for %d client(s): %s", len(self._auth.clients), ", ".join(self._auth.clients))
         lake = open_lake(settings)
         store = open_profile_store(settings)
         sv = settings.serve

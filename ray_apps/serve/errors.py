@@ -17,6 +17,8 @@ __all__ = ["grpc_method", "install_http_error_handlers"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: gRPC methods callable without an API key (health probes do not send one).
+_OPEN_METHODS = frozenset({"Check"})
 
 
 def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -24,6 +26,9 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
 
     Anything else is logged with its stack and answered ``INTERNAL`` with a generic
     message: the client never sees a stack trace or ``UNKNOWN``.
+
+    When the deployment has API keys (``self._auth``, :class:`ray_apps.serve.auth.ApiKeys`),
+    the call's ``authorization`` metadata is checked first; the health check is exempt.
     """
 
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -32,6 +37,11 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
             import grpc
 
             try:
+                auth = getattr(self, "_auth", None)
+                if auth is not None and auth.enabled and fn.__name__ not in _OPEN_METHODS:
+                    from ray_apps.serve.auth import bearer
+
+                    auth.check(bearer(grpc_context.invocation_metadata() if grpc_context is not None else None))
                 return await fn(self, request)
             except PlatformError as err:
                 if grpc_context is not None:
