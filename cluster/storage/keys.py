@@ -13,6 +13,7 @@ Values other than counters are UTF-8 text: numbers in their shortest round-trip 
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import zlib
@@ -27,6 +28,8 @@ __all__ = [
     "decode_counter",
     "decode_str",
     "decode_float",
+    "decode_flag",
+    "decode_ranked",
 ]
 
 FAMILIES = ("a", "f", "c", "t", "m")
@@ -96,3 +99,16 @@ def decode_str(raw: bytes) -> str:
 
 def decode_float(raw: bytes) -> float:
     return float(raw.decode("ascii"))
+
+
+def decode_flag(raw: bytes | None) -> bool:
+    """A boolean cell (consents, ``has_id_number``): ``1`` / ``true``; a missing cell is false."""
+    return raw is not None and decode_str(raw).strip().lower() in ("1", "true")
+
+
+def decode_ranked(raw: bytes) -> list[tuple[str, float]] | None:
+    """A ranked cell, JSON ``[[name, score], ...]`` (``t:top_categories``); None if malformed."""
+    try:
+        return [(str(name), float(score)) for name, score in json.loads(decode_str(raw))]
+    except (ValueError, TypeError):
+        return None

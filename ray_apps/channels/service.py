@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cluster.errors import InvalidArgument, NotFound
-from cluster.storage import ProfileStore, decode_str
+from cluster.storage import ProfileStore, decode_flag
 from protos.marketing.v1 import channel_pb2
 from ray_apps.channels.bandit import NO_SEGMENT, ChannelBandit
 from ray_apps.segments.service import (
@@ -24,8 +24,7 @@ def consent_cells(channels: tuple[str, ...]) -> list[str]:
 
 def consent_of(cells: Mapping[str, bytes], channels: tuple[str, ...]) -> dict[str, bool]:
     """Consent per channel; a missing flag is no consent."""
-    return {ch: decode_str(cells.get(f"a:opt_in_{ch}", b"")).strip().lower() in ("1", "true")
-            for ch in channels}
+    return {ch: decode_flag(cells.get(f"a:opt_in_{ch}")) for ch in channels}
 
 
 class ChannelChooser:

@@ -25,14 +25,13 @@ unknown), as the model saw impressions of users it knew nothing about.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
 from cluster.errors import InvalidArgument
 from cluster.feature_io import recency_band
-from cluster.storage import ProfileStore, decode_float, decode_str
+from cluster.storage import ProfileStore, decode_float, decode_ranked, decode_str
 from protos.marketing.v1 import ctr_pb2
 from ray_apps.ctr.model import CtrModel
 from ray_apps.registry import ModelVersion
@@ -66,10 +65,7 @@ def user_features(cells: Mapping[str, bytes] | None, today: date) -> dict[str, A
                 pass
     out["recency_band"] = recency_band(days)
     if "t:top_categories" in cells:
-        try:
-            ranked = [(str(c), float(s)) for c, s in json.loads(decode_str(cells["t:top_categories"]))]
-        except (ValueError, TypeError):
-            ranked = []
+        ranked = decode_ranked(cells["t:top_categories"]) or []
         total = sum(s for _, s in ranked)
         if ranked and total > 0:
             out["top_category"], out["top_category_share"] = ranked[0][0], ranked[0][1] / total

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Sequence
 
 from cluster.errors import InvalidArgument, NotFound
-from cluster.storage import ProfileStore, decode_counter, decode_float, decode_str
+from cluster.storage import ProfileStore, decode_counter, decode_flag, decode_float, decode_str
 from protos.marketing.v1 import profile_pb2
 from ray_apps.segments.service import (
     EXTRA_CELLS,
@@ -58,10 +58,6 @@ PROFILE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "segment": ((*RFM_CELLS, *EXTRA_CELLS.values()), ()),
 }
 WEIGHTED_CELL = "t:tfidf_top"
-
-
-def _flag(raw: bytes | None) -> bool:
-    return raw is not None and decode_str(raw).strip().lower() in ("1", "true")
 
 
 class ProfileLookup:
@@ -121,11 +117,11 @@ class ProfileLookup:
         for name in ("gender", "age_band", "city", "phone_masked", "signup_time"):
             if f"a:{name}" in cells:
                 setattr(a, name, decode_str(cells[f"a:{name}"]))
-        a.has_id_number = _flag(cells.get("a:has_id_number"))
+        a.has_id_number = decode_flag(cells.get("a:has_id_number"))
 
     def _fill_consent(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
         for name, col in CONSENT_CELLS.items():
-            setattr(p.consent, name, _flag(cells.get(col)))
+            setattr(p.consent, name, decode_flag(cells.get(col)))
 
     def _fill_counters(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
         for col, raw in cells.items():

@@ -7,11 +7,10 @@ history), whose fresh ``t:top_categories`` steer the category fallback.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from cluster.errors import InvalidArgument
-from cluster.storage import ProfileStore, decode_str
+from cluster.storage import ProfileStore, decode_ranked
 from protos.marketing.v1 import recommend_pb2
 from ray_apps.recs.model import ALGORITHMS, RecModel
 from ray_apps.registry import ModelVersion
@@ -37,12 +36,7 @@ class Recommender:
 
     def _categories(self, user_id: str) -> list[tuple[str, float]] | None:
         cells = self.store.read(user_id, ["t:top_categories"])
-        if not cells:
-            return None
-        try:
-            return [(str(c), float(s)) for c, s in json.loads(decode_str(cells["t:top_categories"]))]
-        except (ValueError, TypeError):
-            return None
+        return decode_ranked(cells["t:top_categories"]) if cells else None
 
     def recommend(self, user_id: str, n: int = 0, exclude: Sequence[str] = ()) -> recommend_pb2.RecommendResponse:
         """The ``n`` (default 10) best unseen items and the reason.

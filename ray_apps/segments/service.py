@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -17,7 +16,6 @@ from ray_apps.segments.model import RFMSegmenter
 
 __all__ = ["SegmentLookup", "CurrentSegmentModel", "validate_user_id", "RFM_CELLS", "MODEL_NAME"]
 
-log = logging.getLogger(__name__)
 MODEL_NAME = "segments"
 
 RFM_CELLS = ("f:rfm_recency_days", "f:rfm_frequency", "f:rfm_monetary", "f:rfm_as_of")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def served(cluster_settings, pipeline):
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.storage import decode_flag, open_lake, open_profile_store
     from ray_apps.client import MarketingClient
     from ray_apps.registry import ModelRegistry
 
@@ -28,7 +28,7 @@ def served(cluster_settings, pipeline):
             continue  # forgotten by an earlier test
         if len(users) < 10:
             users.append(u)
-        if any(cells.get(c, b"").decode().lower() in ("1", "true") for c in consent_cols):
+        if any(decode_flag(cells.get(c)) for c in consent_cols):
             if len(consenting) < 6:
                 consenting.append(u)
         elif len(silent) < 2:

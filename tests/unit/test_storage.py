@@ -43,3 +43,14 @@ def test_sqlite_ensure_schema_creates_once(tmp_path):
     assert store.ensure_schema() is True
     assert store.ensure_schema() is False
     assert SqliteProfileStore(tmp_path / "fresh" / "p.sqlite").ensure_schema() is False
+
+
+def test_flag_and_ranked_cells_decode_as_the_profile_and_the_services_read_them():
+    from cluster.storage import decode_flag, decode_ranked
+
+    assert decode_flag(b" True ") and decode_flag(b"1")
+    assert not decode_flag(b"0") and not decode_flag(None)
+    assert decode_ranked(b'[["a", 2], ["b", 1.5]]') == [("a", 2.0), ("b", 1.5)]
+    assert decode_ranked(b"[]") == []
+    for bad in (b"not json", b'[["a"]]', b"[1]"):
+        assert decode_ranked(bad) is None
