@@ -8,14 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.settings import Settings, load_settings
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +20,8 @@ def settings_factory(tmp_path_factory):
         env = {
             **os.environ,
             "PMKT_HOME": str(home),
-            "PMKT_SERVE__HTTP_PORT": str(_free_port()),
-            "PMKT_SERVE__GRPC_PORT": str(_free_port()),
+            "PMKT_SERVE__HTTP_PORT": str(free_port()),
+            "PMKT_SERVE__GRPC_PORT": str(free_port()),
             "PMKT_SPARK__SHUFFLE_PARTITIONS": "2",
             **env_overrides,
         }

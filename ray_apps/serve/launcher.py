@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 
-from cluster.settings import Settings
+from cluster.errors import FailedPrecondition
+from cluster.settings import ServeSettings, Settings
 
-__all__ = ["start_serving", "deploy", "delete", "app_status", "wait_for_model", "APP_NAME"]
+__all__ = ["APP_NAME", "app_status", "delete", "deploy", "explain_bind_failure", "start_serving", "wait_for_model"]
 
 log = logging.getLogger(__name__)
 APP_NAME = "marketing"
@@ -26,16 +28,42 @@ def start_serving(settings: Settings) -> None:
 
     ensure_ray(settings)
     sv = settings.serve
-    serve.start(
-        proxy_location=sv.proxy_location,
-        http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s),
-        grpc_options=gRPCOptions(
-            port=sv.grpc_port, grpc_servicer_functions=GRPC_SERVICERS, request_timeout_s=sv.request_timeout_s
-        ),
-    )
+    try:
+        serve.start(
+            proxy_location=sv.proxy_location,
+            http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s),
+            grpc_options=gRPCOptions(
+                port=sv.grpc_port, grpc_servicer_functions=GRPC_SERVICERS, request_timeout_s=sv.request_timeout_s
+            ),
+        )
+    except Exception as exc:  # a RayTaskError wrapping the proxy's failure
+        explained = explain_bind_failure(exc, sv)
+        if explained is None:
+            raise
+        raise explained from None
     serve.run(build_api_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
     log.info("serving on http://%s:%d and gRPC port %d", sv.http_host, sv.http_port, sv.grpc_port)
+
+
+_BIND_FAILURE = re.compile(r"Failed to bind to address '?(?P<host>[^\s';]*):(?P<port>\d+)")
+_NODE_IP = re.compile(r"\bip=(?P<ip>[0-9a-fA-F.:]+)")
+
+
+def explain_bind_failure(exc: BaseException, sv: ServeSettings) -> FailedPrecondition | None:
+    """Turn a Serve proxy's "Failed to bind" (a port already taken on some node) into an
+    error naming the setting to change, or None if ``exc`` is something else."""
+    text = str(exc)
+    bind = _BIND_FAILURE.search(text)
+    if bind is None:
+        return None
+    port = int(bind["port"])
+    field = {sv.grpc_port: "serve.grpc_port", sv.http_port: "serve.http_port"}.get(port, "serve")
+    node = _NODE_IP.search(text)
+    where = f" on node {node['ip']}" if node else ""
+    return FailedPrecondition(
+        f"Serve could not listen on port {port}{where}: another process already listens there. "
+        f"Stop it, or set {field} to a free port", field=field)
 
 
 def app_status(settings: Settings) -> str | None:
@@ -47,7 +75,7 @@ def app_status(settings: Settings) -> str | None:
     ensure_ray(settings)
     try:
         app = serve.status().applications.get(APP_NAME)
-    except Exception:  # noqa: BLE001 - Serve not started on this cluster
+    except Exception:  # Serve not started on this cluster
         log.debug("serve.status failed", exc_info=True)
         return None
     return str(app.status.value if hasattr(app.status, "value") else app.status) if app else None
@@ -65,8 +93,6 @@ def deploy(settings: Settings, *, redeploy: bool = False) -> bool:
         FailedPrecondition: the settings name a private local Ray (it would die with this
             process; use ``pmkt serve`` there).
     """
-    from cluster.errors import FailedPrecondition
-
     if settings.ray.address == "local":
         raise FailedPrecondition(
             "`serve deploy` needs a Ray cluster (ray.address); with a private local Ray the "

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.ports import free_port
 
 
 def _batch(prefix: str, n: int, users: int, start: int) -> list[dict]:
@@ -107,8 +104,8 @@ def main() -> None:
         home = Path(tmp)
         base = baseline(home, args.seconds, args.batch, args.users)
         settings = load_settings(env={**os.environ, "PMKT_HOME": str(home),
-                                      "PMKT_SERVE__HTTP_PORT": str(_free_port()),
-                                      "PMKT_SERVE__GRPC_PORT": str(_free_port())})
+                                      "PMKT_SERVE__HTTP_PORT": str(free_port()),
+                                      "PMKT_SERVE__GRPC_PORT": str(free_port())})
         start_serving(settings)
         try:
             served = through_serve(settings, args.seconds, args.batch, args.users, args.clients, args.probes)

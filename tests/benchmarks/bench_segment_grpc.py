@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -22,11 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.ports import free_port
 
 
 def _prepare(home: Path, users: int) -> list[str]:
@@ -61,7 +57,7 @@ def _plain_server(home: str, port: int, ready) -> None:
     from cluster.errors import PlatformError
     from cluster.settings import load_settings
     from cluster.storage import open_lake, open_profile_store
-    from protos.marketing.v1 import segment_pb2, segment_pb2_grpc
+    from protos.marketing.v1 import segment_pb2_grpc
     from ray_apps.registry import ModelRegistry
     from ray_apps.segments.service import SegmentLookup
 
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[str, float]] = {}
 
         # Baseline: plain grpcio in its own process.
-        port = _free_port()
+        port = free_port()
         ctx = mp.get_context("spawn")
         ready = ctx.Event()
         proc = ctx.Process(target=_plain_server, args=(str(home), port, ready), daemon=True)
@@ -142,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from ray_apps.runtime import shutdown_ray
         from ray_apps.serve.launcher import start_serving
 
-        grpc_port, http_port = _free_port(), _free_port()
+        grpc_port, http_port = free_port(), free_port()
         settings = load_settings(env={**os.environ, "PMKT_HOME": str(home), "PMKT_SERVE__GRPC_PORT": str(grpc_port),
                                       "PMKT_SERVE__HTTP_PORT": str(http_port)})
         try:

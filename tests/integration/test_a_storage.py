@@ -43,13 +43,29 @@ def test_hbase_row_keys_are_salted(hbase_store, run_tag):
     assert keys == [row_key(uid, hbase_store.salt_buckets)]
 
 
+def _thrift_read_timeout_s() -> float:
+    """hbase.thrift.server.socket.read.timeout as the hbase role rendered it (60 s if unset)."""
+    import xml.etree.ElementTree as ET
+
+    from tests.integration.conftest import REPO
+
+    for site in sorted((REPO / "var" / "cluster" / "conf").glob("*/hbase/hbase-site.xml")):
+        for prop in ET.parse(site).getroot().iter("property"):
+            if prop.findtext("name") == "hbase.thrift.server.socket.read.timeout":
+                return int(prop.findtext("value")) / 1000
+    return 60.0
+
+
 def test_hbase_store_survives_the_thrift_servers_idle_timeout(hbase_store, run_tag):
-    """The Thrift server closes connections idle for 60 s; the store's pooled connection must
-    not make the next request fail (a served GetProfile answered INTERNAL before this)."""
+    """The Thrift server closes connections idle longer than its read timeout; the store's
+    pooled connection must not make the next request fail (a served GetProfile answered
+    INTERNAL before this)."""
     import time
 
+    timeout_s = _thrift_read_timeout_s()
+    assert hbase_store.IDLE_REOPEN_S < timeout_s, "the store would reuse sockets the server has closed"
     uid = f"idle-{run_tag}"
     hbase_store.write_batch([(uid, {"f:r": 1})])
-    time.sleep(70)
+    time.sleep(timeout_s + 10)
     assert hbase_store.read(uid, ["f:r"]) == {"f:r": b"1"}
     assert hbase_store.increment(uid, "c:view") == 1
