@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench bench-events bench-features bench-recs bench-tune clean distclean
+.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -54,10 +54,14 @@ test-unit: install ## Unit tests only (nothing running needed).
 
 bench: install ## All benchmarks (each prints figures and a ratio against a baseline run in the same process).
 	$(BIN)/python tests/benchmarks/bench_segment_grpc.py
+	$(BIN)/python tests/benchmarks/bench_serving.py
 	$(BIN)/python tests/benchmarks/bench_events.py
 	$(BIN)/python tests/benchmarks/bench_features.py
 	$(BIN)/python tests/benchmarks/bench_recs_movielens.py
 	$(BIN)/python tests/benchmarks/bench_ctr_search.py
+
+bench-serving: install ## GetProfile and ScoreBatch: Serve (proxy, direct ingress) vs plain grpcio, p50/p99, req/s, autoscaling.
+	$(BIN)/python tests/benchmarks/bench_serving.py
 
 bench-recs: install ## Recommenders on MovieLens-100k (75/25 per-user split): P@10, NDCG@10, MAP vs the reference table.
 	$(BIN)/python tests/benchmarks/bench_recs_movielens.py

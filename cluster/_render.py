@@ -93,8 +93,11 @@ def print_services(user_id: str, answers: dict) -> None:
 def serve_until_interrupted(serve_settings, title: str = "serving") -> None:
     """Print where the API listens, then block until Ctrl-C (the caller shuts down)."""
     sv = serve_settings
-    console.print(f"[bold]{title}[/bold]: gRPC {sv.grpc_client_host}:{sv.grpc_port}, "
-                  f"HTTP http://{sv.http_client_host}:{sv.http_port} (OpenAPI at /docs); Ctrl-C stops")
+    grpc_at = (f"gRPC+TLS {sv.grpc_client_host}:{sv.tls.grpc_port} (plaintext {sv.grpc_port})"
+               if sv.tls.grpc_port else f"gRPC {sv.grpc_client_host}:{sv.grpc_port}")
+    scheme = "https" if sv.tls.enabled else "http"
+    console.print(f"[bold]{title}[/bold]: {grpc_at}, "
+                  f"HTTP {scheme}://{sv.http_client_host}:{sv.http_port} (OpenAPI at /docs); Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)

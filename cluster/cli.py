@@ -16,7 +16,7 @@ import click
 
 from cluster._progress import console, err_console, progress_bar
 from cluster._render import print_segments, serve_until_interrupted
-from cluster.errors import PlatformError
+from cluster.errors import InvalidArgument, PlatformError
 from cluster.settings import Settings, load_settings
 
 __all__ = ["main", "cli"]
@@ -543,11 +543,49 @@ def serve_group(ctx: click.Context) -> None:
     from ray_apps.serve.launcher import start_serving
 
     c = ctx.find_object(_Ctx)
+    front = None
     try:
         start_serving(c.settings)
+        front = _maybe_tls_front(c.settings.serve)
         serve_until_interrupted(c.settings.serve)
     finally:
+        if front is not None:
+            front.stop(grace=2)
         shutdown_ray()
+
+
+def _maybe_tls_front(sv):
+    """Start the gRPC TLS front when serve.tls.grpc_port is set (docs/api.md#tls)."""
+    if sv.tls.grpc_port is None:
+        return None
+    from ray_apps.serve.tls_front import start_tls_front
+
+    server, _ = start_tls_front(certfile=sv.tls.certfile, keyfile=sv.tls.keyfile, port=sv.tls.grpc_port,
+                                upstream=f"127.0.0.1:{sv.grpc_port}")
+    return server
+
+
+@serve_group.command("tls-front")
+@click.option("--upstream", default=None, metavar="HOST:PORT",
+              help="Serve's plaintext gRPC port to forward to (default 127.0.0.1:<serve.grpc_port>).")
+@pass_ctx
+def serve_tls_front(c: _Ctx, upstream: str | None) -> None:
+    """Terminate TLS for gRPC on serve.tls.grpc_port and forward every call to Serve's gRPC
+    proxy, until Ctrl-C. Serve's gRPC proxy has no TLS of its own: run this on each node
+    that runs a proxy (`pmkt serve` in the foreground starts it itself)."""
+    sv = c.settings.serve
+    if sv.tls.grpc_port is None:
+        raise InvalidArgument("serve.tls.grpc_port (with certfile and keyfile) is not set", field="serve.tls.grpc_port")
+    from ray_apps.serve.tls_front import start_tls_front
+
+    server, _ = start_tls_front(certfile=sv.tls.certfile, keyfile=sv.tls.keyfile, port=sv.tls.grpc_port,
+                                upstream=upstream or f"127.0.0.1:{sv.grpc_port}")
+    console.print(f"gRPC TLS front on :{sv.tls.grpc_port} -> {upstream or f'127.0.0.1:{sv.grpc_port}'}; Ctrl-C stops",
+                  highlight=False)
+    try:
+        server.wait_for_termination()
+    except KeyboardInterrupt:
+        server.stop(grace=2)
 
 
 @serve_group.command("deploy")
@@ -571,17 +609,30 @@ def serve_deploy(c: _Ctx, redeploy: bool) -> None:
 @serve_group.command("status")
 @pass_ctx
 def serve_status(c: _Ctx) -> None:
-    """The application's status on the Ray cluster; exits 1 unless RUNNING."""
+    """The application's status on the Ray cluster, the gRPC target clients dial (with
+    direct ingress: the replicas) and the Prometheus endpoints; exits 1 unless RUNNING."""
     from ray_apps.runtime import shutdown_ray
-    from ray_apps.serve.launcher import APP_NAME, app_status
+    from ray_apps.serve.launcher import (
+        APP_NAME,
+        app_status,
+        grpc_target,
+        metrics_endpoints,
+    )
 
+    target, metrics = None, []
     try:
         status = app_status(c.settings)
+        if status == "RUNNING":
+            target, metrics = grpc_target(c.settings), metrics_endpoints(c.settings)
     finally:
         shutdown_ray()
     console.print(f"{APP_NAME}: {status or 'not deployed'}", highlight=False)
     if status != "RUNNING":
         raise SystemExit(1)
+    sv = c.settings.serve
+    console.print(f"gRPC ({sv.ingress}): {target}\nHTTP: http://{sv.http_client_host}:{sv.http_port}", highlight=False)
+    for url in metrics:
+        console.print(f"metrics: {url}", highlight=False)
 
 
 @serve_group.command("delete")

@@ -6,9 +6,11 @@ The enforcement is the Spark job ``spark_jobs.ingest``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
+    "has_control_chars",
     "Dataset",
     "DATASETS",
     "ACTIONS",
@@ -21,6 +23,14 @@ __all__ = [
     "REASONS",
     "dataset",
 ]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_chars(value: str) -> bool:
+    """Whether ``value`` holds an ASCII control character (ids and names must not)."""
+    return _CONTROL.search(value) is not None
+
 
 #: The three accepted timestamp formats (docs/data-contract.md), as regular expressions that
 #: mean the same in Python and in Java (Spark's rlike): ISO-8601 with an offset, wall time in

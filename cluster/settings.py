@@ -153,12 +153,19 @@ class RaySettings(_Model):
     auth_mode: Literal["token", "disabled"] | None = None
     # -- tries for a ray:// (Ray Client) connection before giving up with UNAVAILABLE
     connect_attempts: int = Field(3, ge=1)
+    # -- where the local Ray serves Prometheus metrics (/metrics: Serve's and the API's);
+    #    0 lets Ray pick a free port (printed by `pmkt serve`). A cluster's nodes use the
+    #    Ansible inventory's ray_metrics_export_port.
+    metrics_export_port: int = Field(0, ge=0, le=65535)
 
 
 class AutoscalingSettings(_Model):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)
+    #: How long load must stay above / below target before Serve adds / removes replicas.
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "AutoscalingSettings":
@@ -183,6 +190,36 @@ class AuthSettings(_Model):
         return None if value == "" else value
 
 
+class TlsSettings(_Model):
+    """TLS for the API (docs/api.md#tls): HTTPS on Serve's HTTP proxy, and a TLS front for gRPC
+    (Serve's gRPC proxy has no TLS). Unset certfile/keyfile = plaintext."""
+
+    # -- PEM certificate chain and private key (mode 0600) of the server
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    # -- port of the gRPC TLS front (forwards to serve.grpc_port); unset = no gRPC TLS
+    grpc_port: int | None = Field(None, ge=1, le=65535)
+    # -- for clients: CA bundle that signed the server's certificate (unset = system store)
+    ca_file: Path | None = None
+
+    @field_validator("certfile", "keyfile", "ca_file", "grpc_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsSettings":
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("serve.tls needs both certfile and keyfile, or neither")
+        if self.grpc_port is not None and self.certfile is None:
+            raise ValueError("serve.tls.grpc_port needs serve.tls.certfile and keyfile")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
 class ServeSettings(_Model):
     """Ray Serve's HTTP and gRPC listeners."""
 
@@ -195,6 +232,14 @@ class ServeSettings(_Model):
     http_client_host: str = "127.0.0.1"
     # -- where Serve runs its proxies: HeadOnly when http_host is the head's own address
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
+    # -- how gRPC requests reach the replicas: "proxy" (Serve's gRPC proxy on grpc_port, one
+    #    address for every client) or "direct" (each replica serves gRPC itself, on a port Serve
+    #    allocates from 40000; clients balance over the replicas: `pmkt serve status` lists
+    #    them). Direct needs Ray started with it (docs/serving-performance.md).
+    ingress: Literal["proxy", "direct"] = "proxy"
+    # -- one log line per request in Serve's proxy and replica logs; off by default: at a
+    #    thousand calls a second it costs CPU and disk, and the metrics count every call
+    access_log: bool = False
     request_timeout_s: float = Field(10.0, gt=0)
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     # -- longest user id accepted by the API
@@ -204,6 +249,7 @@ class ServeSettings(_Model):
     # -- most candidates in one ScoreBatch, items excluded in one Recommend
     max_batch: int = Field(500, ge=1)
     auth: AuthSettings = AuthSettings()
+    tls: TlsSettings = TlsSettings()
 
 
 class CampaignSettings(_Model):

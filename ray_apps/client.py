@@ -14,8 +14,11 @@ With ``api_key`` (``from_settings`` reads ``$PMKT_API_KEY``) every call carries
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +58,8 @@ from protos.marketing.v1 import (
 
 __all__ = ["MarketingClient"]
 
+log = logging.getLogger(__name__)
+
 _FROM_GRPC = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -69,16 +74,21 @@ class MarketingClient:
     """Client for the marketing API.
 
     Args:
-        grpc_target: ``host:port`` of the gRPC endpoint.
+        grpc_target: ``host:port`` of the gRPC endpoint, or ``ipv4:ip:port,ip:port`` to balance
+            round-robin over several (direct ingress replicas).
         http_base: Base URL of the HTTP endpoint (``http://host:port``).
         timeout_s: Deadline per call.
         retries: Extra attempts on UNAVAILABLE / connection errors (exponential backoff).
         api_key: Sent as ``authorization: Bearer <key>`` on both transports.
+        tls: gRPC over TLS (the server's TLS front); HTTP uses TLS when ``http_base`` is ``https://``.
+        ca_file: PEM bundle that signed the server's certificate (default: the system store).
     """
 
     def __init__(self, grpc_target: str, http_base: str, timeout_s: float = 5.0, retries: int = 3,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, tls: bool = False, ca_file: str | os.PathLike | None = None) -> None:
         self.grpc_target = grpc_target
+        self.tls = tls
+        self.ca_file = ca_file
         self.http_base = http_base.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
@@ -88,10 +98,30 @@ class MarketingClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "MarketingClient":
-        """A client for the endpoints in ``settings``; the API key defaults to ``$PMKT_API_KEY``."""
+        """A client for the endpoints in ``settings``; the API key defaults to ``$PMKT_API_KEY``.
+
+        With ``serve.ingress: direct`` the gRPC target is the list of replicas, asked of the
+        Ray cluster once (a replica added later is not used by this client).
+        """
         sv = settings.serve
         kwargs.setdefault("api_key", os.environ.get("PMKT_API_KEY") or None)
-        return cls(f"{sv.grpc_client_host}:{sv.grpc_port}", f"http://{sv.http_client_host}:{sv.http_port}", **kwargs)
+        if sv.tls.enabled:
+            # TLS: gRPC through the TLS front, HTTPS on the HTTP proxy.
+            kwargs.setdefault("tls", True)
+            kwargs.setdefault("ca_file", sv.tls.ca_file)
+            if sv.tls.grpc_port is None:
+                log.warning("serve.tls has no grpc_port: gRPC calls go in plaintext to %s:%d",
+                            sv.grpc_client_host, sv.grpc_port)
+                kwargs["tls"] = False
+            target = f"{sv.grpc_client_host}:{sv.tls.grpc_port or sv.grpc_port}"
+        elif sv.ingress == "direct":
+            from ray_apps.serve.launcher import grpc_target
+
+            target = grpc_target(settings)
+        else:
+            target = f"{sv.grpc_client_host}:{sv.grpc_port}"
+        scheme = "https" if sv.tls.enabled else "http"
+        return cls(target, f"{scheme}://{sv.http_client_host}:{sv.http_port}", **kwargs)
 
     # -- plumbing -----------------------------------------------------------------------
     _STUBS = {
@@ -111,12 +141,21 @@ class MarketingClient:
 
     def _stub(self, method: str) -> Any:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.grpc_target)
+            # Several addresses (direct ingress: one per replica): requests go round-robin.
+            options = [("grpc.lb_policy_name", "round_robin")] if "," in self.grpc_target else []
+            if self.tls:
+                roots = Path(self.ca_file).read_bytes() if self.ca_file else None
+                self._channel = grpc.secure_channel(self.grpc_target, grpc.ssl_channel_credentials(roots),
+                                                    options=options)
+            else:
+                self._channel = grpc.insecure_channel(self.grpc_target, options=options)
         return self._STUBS[method](self._channel)
 
     def _client(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.http_base, timeout=self.timeout_s, headers=dict(self._auth))
+            verify: Any = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+            self._http = httpx.Client(base_url=self.http_base, timeout=self.timeout_s, headers=dict(self._auth),
+                                      verify=verify)
         return self._http
 
     def _retrying(self, call, retries: int | None = None):
@@ -160,6 +199,11 @@ class MarketingClient:
                 message, field = error["message"], error.get("field")
             except (ValueError, KeyError, TypeError):
                 message = resp.text[:200]
+                if resp.status_code >= 500:
+                    # Not the API's error body: Serve's proxy answered for a replica that died
+                    # or did not answer in time. Retried where a repeat is harmless (every
+                    # call but ReportOutcome: events are deduplicated, offers idempotent).
+                    raise Unavailable(f"{verb} {path}: {resp.status_code} from the proxy: {message}") from None
             raise _FROM_HTTP.get(resp.status_code, PlatformError)(
                 f"{verb} {path}: {resp.status_code}: {message}", field=field)
 

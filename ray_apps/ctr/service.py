@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
+from cluster.contract import has_control_chars
 from cluster.errors import InvalidArgument
 from cluster.feature_io import recency_band
 from cluster.storage import ProfileStore, decode_float, decode_ranked, decode_str
@@ -75,7 +76,7 @@ def user_features(cells: Mapping[str, bytes] | None, today: date) -> dict[str, A
 def _text(value: str, field: str, *, required: bool = False) -> str:
     if required and not value:
         raise InvalidArgument(f"{field} must not be empty", field=field)
-    if len(value) > _MAX_ID or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if len(value) > _MAX_ID or has_control_chars(value):
         raise InvalidArgument(f"{field} must be at most {_MAX_ID} printable characters", field=field)
     return value
 

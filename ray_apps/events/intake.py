@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from cluster.contract import ACTIONS, TS_EPOCH_MS, TS_ISO_OFFSET, TS_LOCAL
+from cluster.contract import ACTIONS, TS_EPOCH_MS, TS_ISO_OFFSET, TS_LOCAL, has_control_chars
 from cluster.errors import InvalidArgument
 from cluster.storage import Lake, ProfileStore, Zone
 
@@ -91,7 +91,7 @@ def validate_event(index: int, raw: Mapping[str, object], *, source_tz: str, max
             return reject("missing_required", name, f"{name} is required")
     for name in ("event_id", "user_id"):
         value = ev[name]
-        if len(value) > max_id_length or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        if len(value) > max_id_length or has_control_chars(value):
             return reject("bad_id", name, f"{name} must be at most {max_id_length} printable characters")
     for name in ("item_id", "category", "brand", "device_type"):
         if len(ev[name]) > _MAX_TEXT:

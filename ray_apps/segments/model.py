@@ -134,8 +134,12 @@ class RFMSegmenter(ClusterMixin, BaseEstimator):
         return en, zh
 
     def standardised(self, X) -> np.ndarray:
-        """The model's feature space (for silhouette and plots)."""
-        return self.scaler_.transform(self._features(X))
+        """The model's feature space (for silhouette and plots).
+
+        The scaler's arithmetic in numpy: ``StandardScaler.transform`` costs about 0.6 ms of
+        input checks per call, most of a served lookup of one user.
+        """
+        return (self._features(X) - self.scaler_.mean_) / self.scaler_.scale_
 
     def predict(self, X) -> np.ndarray:
         Z = self.standardised(X)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cluster.contract import has_control_chars
 from cluster.errors import InvalidArgument, NotFound
 from cluster.storage import ProfileStore, decode_float, decode_str
 from protos.marketing.v1 import segment_pb2
@@ -33,7 +34,7 @@ def validate_user_id(user_id: str, max_length: int, field: str = "user_id") -> s
         raise InvalidArgument(f"{field} must not be empty", field=field)
     if len(user_id) > max_length:
         raise InvalidArgument(f"{field} must be at most {max_length} characters, got {len(user_id)}", field=field)
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in user_id):
+    if has_control_chars(user_id):
         raise InvalidArgument(f"{field} must not contain control characters", field=field)
     return user_id
 

@@ -62,6 +62,7 @@ from ray_apps.segments.service import CurrentSegmentModel
 from ray_apps.serve.auth import ApiKeys, require_api_key
 from ray_apps.serve.auth import install as install_api_keys
 from ray_apps.serve.errors import grpc_method, install_http_error_handlers
+from ray_apps.serve.metrics import record_events
 
 __all__ = ["build_app", "build_api_app", "MarketingApi", "GRPC_SERVICERS"]
 
@@ -250,6 +251,11 @@ class MarketingApi:
         self._flusher = threading.Thread(target=self._flush_loop, args=(min(1.0, ev.flush_s),), daemon=True)
         self._flusher.start()
 
+    def _track(self, events: list[dict[str, Any]]) -> IntakeResult:
+        result = self._intake.track(events)
+        record_events(result.accepted, result.duplicates, len(result.rejected))
+        return result
+
     def _flush_loop(self, period_s: float) -> None:
         while not self._stop.wait(period_s):
             try:
@@ -327,7 +333,7 @@ class MarketingApi:
     @grpc_method(events_pb2.TrackEventsResponse)
     async def TrackEvents(self, request: events_pb2.TrackEventsRequest) -> events_pb2.TrackEventsResponse:
         events = [{k: getattr(e, k) for k in EVENT_FIELDS} for e in request.events]
-        return _result_message(self._intake.track(events))
+        return _result_message(self._track(events))
 
     @http_app.post(
         "/v1/events",
@@ -336,7 +342,7 @@ class MarketingApi:
     )
     def track_events_http(self, body: EventsIn = Body(...)) -> dict[str, Any]:
         events = [e.model_dump() for e in body.events]
-        return _as_dict(_result_message(self._intake.track(events)))
+        return _as_dict(_result_message(self._track(events)))
 
     # -- CtrService ------------------------------------------------------------------------
     @grpc_method(ctr_pb2.ScoreBatchResponse)
@@ -457,10 +463,13 @@ def build_api_app(settings: Settings) -> Application:
     """Bind the deployment with autoscaling from ``settings.serve.autoscaling``."""
     auto = settings.serve.autoscaling
     return MarketingApi.options(
+        logging_config={"enable_access_log": settings.serve.access_log},
         autoscaling_config={
             "min_replicas": auto.min_replicas,
             "max_replicas": auto.max_replicas,
             "target_ongoing_requests": auto.target_ongoing_requests,
+            "upscale_delay_s": auto.upscale_delay_s,
+            "downscale_delay_s": auto.downscale_delay_s,
         },
     ).bind(settings)
 

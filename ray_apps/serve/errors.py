@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cluster.errors import PlatformError
+from ray_apps.serve.metrics import record_request
 
 __all__ = ["grpc_method", "install_http_error_handlers"]
 
@@ -36,6 +38,8 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
         async def method(self: Any, request: Any, grpc_context: Any = None) -> T:
             import grpc
 
+            started = time.perf_counter()
+            code = "OK"
             try:
                 auth = getattr(self, "_auth", None)
                 if auth is not None and auth.enabled and fn.__name__ not in _OPEN_METHODS:
@@ -44,16 +48,20 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
                     auth.check(bearer(grpc_context.invocation_metadata() if grpc_context is not None else None))
                 return await fn(self, request)
             except PlatformError as err:
+                code = err.grpc_status_code().name
                 if grpc_context is not None:
                     grpc_context.set_code(err.grpc_status_code())
                     grpc_context.set_details(err.message)
                 return response_type()
             except Exception:  # noqa: BLE001 - the boundary: log it, answer INTERNAL
+                code = "INTERNAL"
                 log.exception("%s failed", fn.__name__)
                 if grpc_context is not None:
                     grpc_context.set_code(grpc.StatusCode.INTERNAL)
                     grpc_context.set_details("internal error; the server log has the details")
                 return response_type()
+            finally:
+                record_request(fn.__name__, "grpc", code, time.perf_counter() - started)
 
         # Serve passes ``grpc_context`` only to methods whose signature names it;
         # inspect.signature would otherwise follow __wrapped__ to the original.
@@ -64,7 +72,22 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
 
 
 def install_http_error_handlers(app: FastAPI) -> None:
-    """Map PlatformError and request validation errors to JSON bodies with a status."""
+    """Map PlatformError and request validation errors to JSON bodies with a status, and
+    count every answered request (by route template, not raw path: user ids stay out of the
+    metric labels)."""
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            method = f"{request.method} {getattr(route, 'path', 'unmatched')}"
+            record_request(method, "http", str(status), time.perf_counter() - started)
 
     @app.exception_handler(PlatformError)
     async def _platform_error(_request: Request, err: PlatformError) -> JSONResponse:

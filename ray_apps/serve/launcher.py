@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
+from typing import Any
 
 from cluster.errors import FailedPrecondition
 from cluster.settings import ServeSettings, Settings
 
-__all__ = ["APP_NAME", "app_status", "delete", "deploy", "explain_bind_failure", "start_serving", "wait_for_model"]
+__all__ = [
+    "APP_NAME", "app_status", "delete", "deploy", "explain_bind_failure", "grpc_target", "metrics_endpoints",
+    "start_serving", "wait_for_model",
+]
 
 log = logging.getLogger(__name__)
 APP_NAME = "marketing"
@@ -31,7 +36,9 @@ def start_serving(settings: Settings) -> None:
     try:
         serve.start(
             proxy_location=sv.proxy_location,
-            http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s),
+            logging_config={"enable_access_log": sv.access_log},
+            http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s,
+                                     **_https_options(sv)),
             grpc_options=gRPCOptions(
                 port=sv.grpc_port, grpc_servicer_functions=GRPC_SERVICERS, request_timeout_s=sv.request_timeout_s
             ),
@@ -43,7 +50,20 @@ def start_serving(settings: Settings) -> None:
         raise explained from None
     serve.run(build_api_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
-    log.info("serving on http://%s:%d and gRPC port %d", sv.http_host, sv.http_port, sv.grpc_port)
+    log.info("serving on http://%s:%d and gRPC %s; metrics at %s", sv.http_host, sv.http_port,
+             grpc_target(settings), ", ".join(metrics_endpoints(settings)) or "(none)")
+
+
+def _https_options(sv: ServeSettings) -> dict[str, str]:
+    """Serve's HTTP proxy options for HTTPS (``serve.tls``); checks the files first so a bad
+    path or an exposed key is a ConfigError here, not a proxy that never starts."""
+    if not sv.tls.enabled:
+        return {}
+    from ray_apps.serve.tls_front import read_pem
+
+    read_pem(sv.tls.certfile, "certfile")
+    read_pem(sv.tls.keyfile, "keyfile", private=True)
+    return {"ssl_certfile": str(sv.tls.certfile), "ssl_keyfile": str(sv.tls.keyfile)}
 
 
 _BIND_FAILURE = re.compile(r"Failed to bind to address '?(?P<host>[^\s';]*):(?P<port>\d+)")
@@ -64,6 +84,56 @@ def explain_bind_failure(exc: BaseException, sv: ServeSettings) -> FailedPrecond
     return FailedPrecondition(
         f"Serve could not listen on port {port}{where}: another process already listens there. "
         f"Stop it, or set {field} to a free port", field=field)
+
+
+def grpc_target(settings: Settings, timeout_s: float = 60.0) -> str:
+    """The gRPC target a client dials: ``host:port`` of Serve's proxy, or with direct ingress
+    ``ipv4:ip:port,ip:port,...`` over the running replicas (a grpcio channel balances over
+    them with ``grpc.lb_policy_name=round_robin``; MarketingClient does).
+
+    Raises:
+        Unavailable: direct ingress and no replica serves gRPC within ``timeout_s``.
+    """
+    import time
+
+    from cluster.errors import Unavailable
+
+    sv = settings.serve
+    if sv.ingress == "proxy":
+        return f"{sv.grpc_client_host}:{sv.grpc_port}"
+    import ray
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    from ray_apps.runtime import ensure_ray
+
+    ensure_ray(settings)
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(app_name=APP_NAME))
+        # Replica targets carry the replica actor's name; before any replica runs, Serve
+        # answers with its proxies instead.
+        targets = sorted({f"{t.ip}:{t.port}" for g in groups if g.protocol == RequestProtocol.GRPC
+                          for t in g.targets if APP_NAME in t.name})
+        if targets:
+            return "ipv4:" + ",".join(targets)
+        if time.monotonic() > deadline:
+            raise Unavailable(f"no replica of {APP_NAME!r} serves gRPC directly after {timeout_s:.0f} s; "
+                              "is Ray running with RAY_SERVE_ENABLE_DIRECT_INGRESS=1?", field="serve.ingress")
+        time.sleep(0.5)
+
+
+def metrics_endpoints(settings: Settings) -> list[str]:
+    """``http://<node>:<port>/metrics`` of every live Ray node: Prometheus scrape targets with
+    Serve's metrics and the API's (:mod:`ray_apps.serve.metrics`)."""
+    import ray
+
+    from ray_apps.runtime import ensure_ray
+
+    ensure_ray(settings)
+    return sorted(f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+                  for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort"))
 
 
 def app_status(settings: Settings) -> str | None:
@@ -161,11 +231,17 @@ def _wait_for_proxies(settings: Settings, timeout_s: float = 60.0) -> None:
     from cluster.errors import Unavailable
 
     sv = settings.serve
+    # With TLS the probe speaks HTTPS; it checks the certificate only when the settings name
+    # the CA (a liveness probe of our own proxy sends nothing secret).
+    scheme = "https" if sv.tls.enabled else "http"
+    verify: Any = True
+    if sv.tls.enabled:
+        verify = ssl.create_default_context(cafile=str(sv.tls.ca_file)) if sv.tls.ca_file else False
     deadline = time.monotonic() + timeout_s
     last_error = ""
     while time.monotonic() < deadline:
         try:
-            resp = httpx.get(f"http://{sv.http_client_host}:{sv.http_port}/-/healthz", timeout=2)
+            resp = httpx.get(f"{scheme}://{sv.http_client_host}:{sv.http_port}/-/healthz", timeout=2, verify=verify)
             with socket.create_connection((sv.grpc_client_host, sv.grpc_port), timeout=2):
                 pass
             if resp.status_code == 200:

@@ -111,6 +111,13 @@ def test_estimator_validates_and_scores_records_like_matrices():
     p = model.predict_proba_records([{"channel": "tv"}, {"channel": None, "frequency": None}])
     assert p.shape == (2,) and np.all((p > 0) & (p < 1)) and p[0] == pytest.approx(p[1])
     assert model.predict_proba_records([]).shape == (0,)
+    # refitting replaces the serving path's folded weights
+    before = model.predict_proba_records(records[:50])
+    model.C = 0.001
+    model.fit(X, y, spec=spec)
+    after = model.predict_proba_records(records[:50])
+    np.testing.assert_allclose(after, model.predict_proba(X[:50]), rtol=1e-12)
+    assert not np.allclose(after, before)
 
 
 def test_calibration_curve_uses_equal_count_bins():

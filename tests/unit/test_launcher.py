@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cluster.errors import FailedPrecondition
 from cluster.settings import ServeSettings
 from ray_apps.serve.launcher import explain_bind_failure
@@ -31,3 +33,20 @@ def test_http_port_taken_names_http_port():
 
 def test_other_failures_are_not_rewritten():
     assert explain_bind_failure(RuntimeError("actor died"), ServeSettings()) is None
+
+
+def test_https_options_check_the_files_first(tmp_path):
+    from cluster.errors import ConfigError
+    from ray_apps.serve.launcher import _https_options
+    from tests.tls_certs import make_certs
+
+    assert _https_options(ServeSettings()) == {}
+    certs = make_certs(tmp_path)
+    good = ServeSettings(tls={"certfile": certs["server"], "keyfile": certs["key"]})
+    assert _https_options(good) == {"ssl_certfile": str(certs["server"]), "ssl_keyfile": str(certs["key"])}
+    certs["key"].chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        _https_options(good)
+    missing = ServeSettings(tls={"certfile": tmp_path / "nope.pem", "keyfile": certs["key"]})
+    with pytest.raises(ConfigError, match="does not exist"):
+        _https_options(missing)

@@ -44,6 +44,8 @@ def test_predict_matches_kmeans_in_model_space():
     X, _ = _planted(seed=1)
     model = RFMSegmenter(n_clusters=3, random_state=0).fit(X)
     assert (model.predict(X) == model.kmeans_.predict(model.standardised(X))).all()
+    # The numpy standardisation (the serving fast path) is the fitted scaler's.
+    assert np.allclose(model.standardised(X), model.scaler_.transform(np.log1p(X)), rtol=0, atol=1e-12)
 
 
 def test_name_rules_cover_all_eight_cells():

@@ -1,0 +1,77 @@
+"""A Serve replica killed under load costs at most 0.1 % of the requests, and Serve replaces it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cluster.errors import PlatformError
+
+pytestmark = pytest.mark.e2e
+
+THREADS, SECONDS, KILL_AT_S = 8, 20.0, 6.0
+
+
+def _replicas() -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::marketing#MarketingApi#"))
+
+
+def _user(chain) -> str:
+    from cluster.storage import open_lake
+
+    return str(open_lake(chain["settings"]).read_parquet(chain["rfm"]["path"], columns=["user_id"])["user_id"].iloc[0])
+
+
+def test_killing_a_replica_under_load_loses_at_most_a_thousandth(chain):
+    import ray
+
+    from ray_apps.client import MarketingClient
+
+    deadline = time.monotonic() + 120
+    while len(_replicas()) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    before = _replicas()
+    assert len(before) >= 2, f"the e2e deployment runs {len(before)} replica(s), the test needs 2"
+    uid = _user(chain)
+    ok, failed, errors = [0] * THREADS, [0] * THREADS, []
+    stop = threading.Event()
+
+    def load(k: int) -> None:
+        with MarketingClient.from_settings(chain["settings"], timeout_s=10.0) as client:
+            while not stop.is_set():
+                call = client.get_segment if k % 2 == 0 else client.get_segment_http
+                try:
+                    call(uid)
+                    ok[k] += 1
+                except PlatformError as err:
+                    failed[k] += 1
+                    errors.append(f"{type(err).__name__}: {err.message}")
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    time.sleep(KILL_AT_S)
+    victim = before[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    time.sleep(SECONDS - KILL_AT_S)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    total = sum(ok) + sum(failed)
+    print(f"\n{total} requests over {SECONDS:.0f} s, {sum(failed)} failed after a replica was killed: {errors[:5]}")
+    assert total >= 1000, "too little load for a 0.1 % bound"
+    assert sum(failed) <= total / 1000, errors[:10]
+
+    # Serve replaces the dead replica.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = _replicas()
+        if victim not in now and len(now) >= len(before):
+            break
+        time.sleep(1)
+    assert victim not in _replicas() and len(_replicas()) >= len(before)
