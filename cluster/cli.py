@@ -630,7 +630,11 @@ def serve_status(c: _Ctx) -> None:
     if status != "RUNNING":
         raise SystemExit(1)
     sv = c.settings.serve
-    console.print(f"gRPC ({sv.ingress}): {target}\nHTTP: http://{sv.http_client_host}:{sv.http_port}", highlight=False)
+    if sv.tls.grpc_port is not None:
+        target = f"{sv.grpc_client_host}:{sv.tls.grpc_port} (TLS front; Serve's plaintext port {target})"
+    scheme = "https" if sv.tls.enabled else "http"
+    console.print(f"gRPC ({sv.ingress}): {target}\nHTTP: {scheme}://{sv.http_client_host}:{sv.http_port}",
+                  highlight=False)
     for url in metrics:
         console.print(f"metrics: {url}", highlight=False)
 

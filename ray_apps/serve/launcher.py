@@ -50,8 +50,13 @@ def start_serving(settings: Settings) -> None:
         raise explained from None
     serve.run(build_api_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
-    log.info("serving on http://%s:%d and gRPC %s; metrics at %s", sv.http_host, sv.http_port,
-             grpc_target(settings), ", ".join(metrics_endpoints(settings)) or "(none)")
+    try:
+        metrics = ", ".join(metrics_endpoints(settings)) or "(none)"
+    except Exception:  # only for the log line: the application serves either way
+        log.debug("listing the metrics endpoints failed", exc_info=True)
+        metrics = "(unknown)"
+    log.info("serving on %s://%s:%d and gRPC %s; metrics at %s", "https" if sv.tls.enabled else "http",
+             sv.http_host, sv.http_port, grpc_target(settings), metrics)
 
 
 def _https_options(sv: ServeSettings) -> dict[str, str]:

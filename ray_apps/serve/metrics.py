@@ -59,19 +59,25 @@ def _get() -> dict[str, Any] | None:
 
 
 def record_request(method: str, transport: str, code: str, seconds: float) -> None:
-    """Count one answered call and its duration."""
+    """Count one answered call and its duration (never raises: a metric must not fail a call)."""
     m = _get()
     if m is None:
         return
-    m["requests"].inc(1, tags={"method": method, "transport": transport, "code": code})
-    m["seconds"].observe(seconds, tags={"method": method, "transport": transport})
+    try:
+        m["requests"].inc(1, tags={"method": method, "transport": transport, "code": code})
+        m["seconds"].observe(seconds, tags={"method": method, "transport": transport})
+    except Exception:  # noqa: BLE001
+        log.debug("recording a request metric failed", exc_info=True)
 
 
 def record_events(accepted: int, duplicate: int, quarantined: int) -> None:
-    """Count the outcome of a batch of real-time events."""
+    """Count the outcome of a batch of real-time events (never raises)."""
     m = _get()
     if m is None:
         return
-    for outcome, n in (("accepted", accepted), ("duplicate", duplicate), ("quarantined", quarantined)):
-        if n:
-            m["events"].inc(n, tags={"outcome": outcome})
+    try:
+        for outcome, n in (("accepted", accepted), ("duplicate", duplicate), ("quarantined", quarantined)):
+            if n:
+                m["events"].inc(n, tags={"outcome": outcome})
+    except Exception:  # noqa: BLE001
+        log.debug("recording an events metric failed", exc_info=True)

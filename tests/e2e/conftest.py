@@ -22,8 +22,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     from ray_apps.tuning import get_spec, run_tune
     from spark_jobs import clv, ingest, profiles, rfm, tags, training_tables
 
-    # Two replicas from the start: a test kills one under load.
-    settings = settings_factory(PMKT_SERVE__AUTOSCALING__MIN_REPLICAS="2")
+    settings = settings_factory()
     data = tmp_path_factory.mktemp("slice") / "input"
     generate(data, users=USERS, days=DAYS, seed=SEED)
     report_path = data.parent / "report.json"

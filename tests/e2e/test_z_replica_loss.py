@@ -1,4 +1,9 @@
-"""A Serve replica killed under load costs at most 0.1 % of the requests, and Serve replaces it."""
+"""A Serve replica killed under load costs at most 0.1 % of the requests, and Serve replaces it.
+
+Runs last in the e2e session (the file name): it raises the deployment to two replicas and
+leaves it so. Real-time event de-duplication is per replica (ray_apps/events/intake.py), so
+the other tests, which re-send events, run against one.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,17 @@ def _user(chain) -> str:
 
 def test_killing_a_replica_under_load_loses_at_most_a_thousandth(chain):
     import ray
+    from ray import serve
 
     from ray_apps.client import MarketingClient
+    from ray_apps.serve.api import build_api_app
+    from ray_apps.serve.launcher import APP_NAME
 
+    settings = chain["settings"]
+    sv = settings.serve
+    two = settings.model_copy(update={"serve": sv.model_copy(update={
+        "autoscaling": sv.autoscaling.model_copy(update={"min_replicas": 2, "max_replicas": 2})})})
+    serve.run(build_api_app(two), name=APP_NAME, route_prefix="/", blocking=False)  # an autoscaling-only update
     deadline = time.monotonic() + 120
     while len(_replicas()) < 2 and time.monotonic() < deadline:
         time.sleep(1)
