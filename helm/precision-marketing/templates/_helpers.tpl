@@ -1,0 +1,155 @@
+{{/* Names, labels and the image, shared by every template. */}}
+
+{{- define "pm.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-scoped name: <release>-precision-marketing, or the release name if it already has it. */}}
+{{- define "pm.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's resource name: pm.fullname-<component> (at most 63 characters). */}}
+{{- define "pm.component" -}}
+{{- printf "%s-%s" (include "pm.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "pm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: precision-marketing
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "root" $ "component" "namenode"). */}}
+{{- define "pm.selector" -}}
+app.kubernetes.io/name: {{ include "pm.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "pm.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "pm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pm.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* In-cluster DNS names of the services the platform's clients use. */}}
+{{- define "pm.namenodeHost" -}}{{ include "pm.component" (dict "root" . "component" "namenode") }}{{- end -}}
+{{- define "pm.zookeeperHost" -}}{{ include "pm.component" (dict "root" . "component" "zookeeper") }}{{- end -}}
+{{- define "pm.thriftHost" -}}{{ include "pm.component" (dict "root" . "component" "hbase-thrift") }}{{- end -}}
+{{/* KubeRay names the RayService's Serve Service <rayservice>-serve-svc. */}}
+{{- define "pm.serveHost" -}}{{ include "pm.component" (dict "root" . "component" "serve") }}-serve-svc{{- end -}}
+
+{{- define "pm.apiKeysSecret" -}}
+{{- default (include "pm.component" (dict "root" . "component" "api-keys")) .Values.secrets.apiKeys.existingSecret -}}
+{{- end -}}
+{{- define "pm.piiKeysSecret" -}}
+{{- default (include "pm.component" (dict "root" . "component" "pii-keys")) .Values.secrets.piiKeys.existingSecret -}}
+{{- end -}}
+
+{{/* Environment of every platform container: the settings file and the keys from Secrets. */}}
+{{- define "pm.platformEnv" -}}
+- name: PMKT_SETTINGS
+  value: /etc/pmkt/settings.yaml
+- name: RAY_AUTH_MODE
+  value: disabled
+- name: PMKT_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pm.apiKeysSecret" . }}
+      key: api-keys
+      optional: true
+- name: PMKT_PII_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pm.piiKeysSecret" . }}
+      key: pii-keys
+      optional: true
+{{- end -}}
+
+{{/* The pod template of a Ray node (head or worker) running the platform image. */}}
+{{- define "pm.rayPod" -}}
+{{- $root := .root -}}
+metadata:
+  labels:
+    {{- include "pm.selector" (dict "root" $root "component" (ternary "ray-head" "ray-worker" .head)) | nindent 4 }}
+    {{- with $root.Values.podLabels }}{{ toYaml . | nindent 4 }}{{ end }}
+  {{- with $root.Values.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "pm.serviceAccountName" $root }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ ternary "ray-head" "ray-worker" .head }}
+      image: {{ include "pm.image" $root }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      env:
+        {{- include "pm.platformEnv" $root | nindent 8 }}
+      ports:
+        {{- if .head }}
+        - {name: gcs, containerPort: 6379}
+        - {name: dashboard, containerPort: 8265}
+        - {name: client, containerPort: 10001}
+        - {name: serve, containerPort: {{ $root.Values.ray.serve.httpPort }}}
+        - {name: serve-grpc, containerPort: {{ $root.Values.ray.serve.grpcPort }}}
+        {{- end }}
+        - {name: metrics, containerPort: 8080}
+      readinessProbe:
+        exec:
+          command: [bash, -c, "wget -q -T 2 -O - http://localhost:52365/api/local_raylet_healthz | grep success"]
+        periodSeconds: 10
+        timeoutSeconds: 5
+        failureThreshold: 6
+      livenessProbe:
+        exec:
+          command: [bash, -c, "wget -q -T 2 -O - http://localhost:52365/api/local_raylet_healthz | grep success"]
+        initialDelaySeconds: 60
+        periodSeconds: 15
+        timeoutSeconds: 5
+        failureThreshold: 8
+      resources:
+        {{- toYaml .resources | nindent 8 }}
+      volumeMounts:
+        - {name: settings, mountPath: /etc/pmkt, readOnly: true}
+        - {name: tmp, mountPath: /tmp}
+  volumes:
+    - name: settings
+      configMap:
+        name: {{ include "pm.component" (dict "root" $root "component" "settings") }}
+    - name: tmp
+      emptyDir: {}
+  {{- with $root.Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $root.Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
