@@ -299,7 +299,8 @@ class CtrModel:
             return np.zeros(0)
         # Serving path: the weights folded onto the spec's columns once, then one gather and a
         # segmented sum over the encoded rows; the same logit as decision_function without
-        # building matrices or scikit-learn's input checks (a 20-ad call went from 1.5 to 0.8 ms).
+        # building matrices or scikit-learn's input checks (with the regex id checks, a 20-ad
+        # ScoreBatch went from 1.5 to 0.5 ms).
         self._check_fitted()
         indptr, indices, values = self._encode_flat(records)
         if (np.diff(indptr) == 0).any():  # reduceat cannot sum an empty row
