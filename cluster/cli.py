@@ -554,14 +554,15 @@ def serve_group(ctx: click.Context) -> None:
         shutdown_ray()
 
 
-def _maybe_tls_front(sv):
-    """Start the gRPC TLS front when serve.tls.grpc_port is set (docs/api.md#tls)."""
+def _maybe_tls_front(sv, upstream: str | None = None):
+    """Start the gRPC TLS front when serve.tls.grpc_port is set (docs/api.md#tls), forwarding
+    to ``upstream`` (default: Serve's plaintext port on this host); None when not set."""
     if sv.tls.grpc_port is None:
         return None
     from ray_apps.serve.tls_front import start_tls_front
 
     server, _ = start_tls_front(certfile=sv.tls.certfile, keyfile=sv.tls.keyfile, port=sv.tls.grpc_port,
-                                upstream=f"127.0.0.1:{sv.grpc_port}")
+                                upstream=upstream or f"127.0.0.1:{sv.grpc_port}")
     return server
 
 
@@ -574,12 +575,9 @@ def serve_tls_front(c: _Ctx, upstream: str | None) -> None:
     proxy, until Ctrl-C. Serve's gRPC proxy has no TLS of its own: run this on each node
     that runs a proxy (`pmkt serve` in the foreground starts it itself)."""
     sv = c.settings.serve
-    if sv.tls.grpc_port is None:
+    server = _maybe_tls_front(sv, upstream)
+    if server is None:
         raise InvalidArgument("serve.tls.grpc_port (with certfile and keyfile) is not set", field="serve.tls.grpc_port")
-    from ray_apps.serve.tls_front import start_tls_front
-
-    server, _ = start_tls_front(certfile=sv.tls.certfile, keyfile=sv.tls.keyfile, port=sv.tls.grpc_port,
-                                upstream=upstream or f"127.0.0.1:{sv.grpc_port}")
     console.print(f"gRPC TLS front on :{sv.tls.grpc_port} -> {upstream or f'127.0.0.1:{sv.grpc_port}'}; Ctrl-C stops",
                   highlight=False)
     try:

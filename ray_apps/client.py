@@ -56,7 +56,7 @@ from protos.marketing.v1 import (
     segment_pb2_grpc,
 )
 
-__all__ = ["MarketingClient"]
+__all__ = ["MarketingClient", "open_channel"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ _FROM_GRPC = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
 }
 _FROM_HTTP = {422: InvalidArgument, 404: NotFound, 409: FailedPrecondition, 401: Unauthenticated, 503: Unavailable}
+
+
+def open_channel(target: str, *, tls: bool = False, root_certificates: bytes | None = None) -> grpc.Channel:
+    """A gRPC channel to ``target``; with several addresses (``ipv4:a:p,b:q``, direct ingress's
+    replicas) requests go round-robin over them. ``tls`` verifies the server against
+    ``root_certificates`` (PEM; None = the system store)."""
+    options = [("grpc.lb_policy_name", "round_robin")] if "," in target else []
+    if tls:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options=options)
+    return grpc.insecure_channel(target, options=options)
 
 
 class MarketingClient:
@@ -141,14 +151,8 @@ class MarketingClient:
 
     def _stub(self, method: str) -> Any:
         if self._channel is None:
-            # Several addresses (direct ingress: one per replica): requests go round-robin.
-            options = [("grpc.lb_policy_name", "round_robin")] if "," in self.grpc_target else []
-            if self.tls:
-                roots = Path(self.ca_file).read_bytes() if self.ca_file else None
-                self._channel = grpc.secure_channel(self.grpc_target, grpc.ssl_channel_credentials(roots),
-                                                    options=options)
-            else:
-                self._channel = grpc.insecure_channel(self.grpc_target, options=options)
+            roots = Path(self.ca_file).read_bytes() if self.tls and self.ca_file else None
+            self._channel = open_channel(self.grpc_target, tls=self.tls, root_certificates=roots)
         return self._STUBS[method](self._channel)
 
     def _client(self) -> httpx.Client:

@@ -237,13 +237,9 @@ def _requests(ids: list[str], candidates: int, n: int, seed: int):
 
 
 def _channel(target: str, ca: bytes | None = None):
-    import grpc
+    from ray_apps.client import open_channel
 
-    # Several addresses (direct ingress): one subchannel per replica, requests round-robin.
-    options = [("grpc.lb_policy_name", "round_robin")] if "," in target else []
-    if ca is not None:
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=options)
-    return grpc.insecure_channel(target, options=options)
+    return open_channel(target, tls=ca is not None, root_certificates=ca)
 
 
 def _tls_front(certs: dict, port: int, upstream: str, conn) -> None:
