@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune clean distclean
+.PHONY: help install proto demo test test-unit test-helm test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,10 +38,15 @@ proto: $(STAMP) ## Regenerate the gRPC stubs from protos/.
 demo: install ## Run the whole chain on generated data (embedded profile) and print a summary.
 	$(BIN)/pmkt demo
 
-test: install ## Unit tests, the end-to-end slice, then the local cluster: lint, provision, integration tests, teardown.
+test: install ## Unit tests, the end-to-end slice, the Helm chart, then the local cluster: lint, provision, integration tests, teardown.
 	$(BIN)/python -m pytest tests/unit tests/e2e --durations=15 $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-helm
 	@if [ "$${PMKT_SKIP_CLUSTER:-0}" = 1 ]; then echo "PMKT_SKIP_CLUSTER=1: cluster tests skipped"; \
 	else $(MAKE) --no-print-directory test-cluster; fi
+
+test-helm: install ## The Helm chart offline: pinned helm (helm/tools.sh), lint, render, Kubernetes + KubeRay schemas, promises.
+	helm/tools.sh
+	$(BIN)/python -m pytest tests/helm $(PYTEST_ARGS)
 
 test-cluster: install lint-ansible ## Provision the local 1-master/2-worker cluster, run tests/integration, tear down (root).
 	tests/integration/run_on_cluster.sh $(PYTEST_ARGS)
@@ -79,5 +84,5 @@ clean: ## Remove generated data (var/) and caches; keeps .venv.
 	rm -rf var .pytest_cache protos/.generated-*
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
-distclean: clean ## Also remove .venv.
-	rm -rf $(VENV)
+distclean: clean ## Also remove .venv and .tools (the pinned helm and KubeRay CRDs).
+	rm -rf $(VENV) .tools

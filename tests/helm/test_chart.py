@@ -1,0 +1,376 @@
+"""The Helm chart: lint, schemas (Kubernetes, KubeRay, Ray Serve, platform settings) and the
+promises of docs/deploy-helm.md on the rendered manifests."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+from tests.helm.conftest import CHART, PRODUCTION, ROOT, crd_errors, helm, kube_errors
+
+WORKLOADS = ("Deployment", "StatefulSet")
+SECRET_API_KEY = "crm:0123456789abcdef"
+SECRET_PII = "k1:c2VjcmV0LWtleS1vZi0zMi1ieXRlcy0wMTIzNDU2Nzg5YWI="
+
+
+def _site(xml_text: str) -> dict[str, str]:
+    root = ET.fromstring(xml_text.strip())
+    return {p.findtext("name"): p.findtext("value") for p in root.iter("property")}
+
+
+def _pod_specs(rendered) -> list[tuple[str, dict]]:
+    """(owner, pod spec) of every pod the chart describes, Ray nodes and batch jobs included."""
+    specs = []
+    for doc in rendered:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        spec = doc.get("spec", {})
+        if doc["kind"] in WORKLOADS:
+            specs.append((name, spec["template"]["spec"]))
+        elif doc["kind"] == "Job":
+            specs.append((name, spec["template"]["spec"]))
+        elif doc["kind"] == "CronJob":
+            specs.append((name, spec["jobTemplate"]["spec"]["template"]["spec"]))
+        elif doc["kind"] in ("RayService", "RayJob"):
+            cluster = spec.get("rayClusterConfig") or spec["rayClusterSpec"]
+            specs.append((f"{name} head", cluster["headGroupSpec"]["template"]["spec"]))
+            for group in cluster["workerGroupSpecs"]:
+                specs.append((f"{name} {group['groupName']}", group["template"]["spec"]))
+    return specs
+
+
+# --- lint and schemas ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value_files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_helm_lint_strict_passes(tools, value_files):
+    args = ["lint", str(CHART), "--strict"]
+    for f in value_files:
+        args += ["-f", str(f)]
+    out = helm(tools, *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_every_builtin_resource_validates_against_the_kubernetes_schemas(rendered):
+    builtin = [d for d in rendered if not d["apiVersion"].startswith("ray.io/")]
+    assert len(builtin) >= 25
+    errors = {f"{d['kind']}/{d['metadata']['name']}": kube_errors(d) for d in builtin}
+    assert not {k: v for k, v in errors.items() if v}
+
+
+def test_ray_resources_validate_against_kuberay_crds(tools, rendered):
+    ray_docs = [d for d in rendered if d["apiVersion"].startswith("ray.io/")]
+    assert {d["kind"] for d in ray_docs} >= {"RayService"}
+    for doc in ray_docs:
+        assert crd_errors(tools, doc) == [], doc["kind"]
+
+
+def test_the_validators_reject_a_misspelt_field(tools, render):
+    """Neither schema check is vacuous: one wrong field name is refused by each."""
+    docs = render()
+    statefulset = copy.deepcopy(docs.one("StatefulSet", "-datanode"))
+    statefulset["spec"]["replica"] = statefulset["spec"].pop("replicas")
+    assert any("replica" in e for e in kube_errors(statefulset))
+
+    service = copy.deepcopy(docs.one("RayService", "-serve"))
+    cluster = service["spec"]["rayClusterConfig"]
+    cluster["enableInTreeAutoscalling"] = cluster.pop("enableInTreeAutoscaling")
+    assert any("enableInTreeAutoscalling" in e for e in crd_errors(tools, service))
+
+    service = copy.deepcopy(docs.one("RayService", "-serve"))
+    service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["minReplicas"] = "one"
+    assert crd_errors(tools, service)
+
+
+def test_the_chart_renders_at_its_oldest_supported_kubernetes(render):
+    docs = render(kube_version="1.27.0")
+    assert docs.of_kind("CronJob") and docs.of_kind("PodDisruptionBudget")
+
+
+def test_the_settings_part_of_values_schema_is_generated_from_cluster_settings():
+    out = subprocess.run([sys.executable, str(ROOT / "helm" / "settings_schema.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+# --- the values file is the documentation ------------------------------------------------------
+
+def _leaf_paths(node, prefix=""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        yield path
+        if isinstance(value, dict) and value and key not in FREE_FORM:
+            yield from _leaf_paths(value, path + ".")
+
+
+FREE_FORM = {"resources", "requests", "limits", "settings", "podSecurityContext", "securityContext",
+             "annotations", "podLabels", "podAnnotations", "nodeSelector", "affinity"}
+
+
+def _schema_paths(node, prefix=""):
+    for key, value in node.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        yield path
+        if key not in FREE_FORM:
+            yield from _schema_paths(value, path + ".")
+
+
+def test_values_yaml_and_the_schema_describe_the_same_keys():
+    import json
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(_leaf_paths(values)) == set(_schema_paths(schema))
+
+
+# Keys whose meaning values.yaml defines once in its header; the inside of Kubernetes-shaped blocks.
+COMMON_KEYS = {"heap", "resources", "storage", "size", "storageClass", "replicas", "enabled"}
+KUBERNETES_SHAPED = {"resources", "requests", "limits", "podSecurityContext", "securityContext"}
+
+
+def test_every_value_is_documented_key_by_key():
+    """Each key of values.yaml has a "# --" comment right above it, unless it is one of the
+    common keys the file's header defines or lies inside a Kubernetes-shaped block."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    header = "\n".join(lines[:15])
+    assert all(re.search(rf"^#\s+{key}\s", header, re.M) for key in COMMON_KEYS - {"size", "storageClass"})
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z]\w*):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        inside = any(k in KUBERNETES_SHAPED for _, k in stack)
+        stack.append((indent, key))
+        if inside or key in COMMON_KEYS:
+            continue
+        j = i - 1
+        comment = []
+        while j >= 0 and lines[j].strip().startswith("#"):
+            comment.append(lines[j])
+            j -= 1
+        if not any("# --" in c for c in comment):
+            undocumented.append(".".join(k for _, k in stack))
+    assert undocumented == []
+
+
+# --- a wrong value fails with a clear message ----------------------------------------------
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"hdfs": {"replicaton": 3}}, r"at '/hdfs': additional properties 'replicaton' not allowed"),
+        ({"hbase": {"regionserver": {"replicas": "two"}}}, r"at '/hbase/regionserver/replicas': got string, want integer"),
+        ({"settings": {"serve": {"grpc_prot": 9100}}}, r"at '/settings/serve': additional properties 'grpc_prot' not allowed"),
+        ({"settings": {"serve": {"ingress": "fast"}}}, r"at '/settings/serve/ingress': value must be one of 'proxy', 'direct'"),
+        ({"hdfs": {"datanode": {"heap": "1gb"}}}, r"at '/hdfs/datanode/heap': '1gb' does not match pattern"),
+        ({"hdfs": {"replication": 3}}, r"hdfs.replication \(3\) is larger than hdfs.datanode.replicas \(2\)"),
+        ({"ray": {"serve": {"minReplicas": 5, "maxReplicas": 2}}}, r"ray.serve.minReplicas is larger than ray.serve.maxReplicas"),
+    ],
+    ids=["misspelt-key", "wrong-type", "misspelt-settings-key", "bad-settings-enum", "bad-heap",
+         "replication-above-datanodes", "autoscaling-bounds"],
+)
+def test_a_wrong_value_fails_and_names_it(tools, tmp_path, values, expected):
+    out = helm(tools, "template", "pm", str(CHART), values=values, tmp_path=tmp_path)
+    assert out.returncode != 0
+    assert re.search(expected, out.stderr), out.stderr
+    assert "goroutine" not in out.stderr and "panic" not in out.stderr
+
+
+# --- the promises ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value_files", "datanodes", "regionservers", "zookeepers"),
+                         [((), 2, 2, 1), ((PRODUCTION,), 3, 3, 3)], ids=["default", "production"])
+def test_hdfs_and_hbase_sizes(render, value_files, datanodes, regionservers, zookeepers):
+    docs = render(*value_files)
+    hadoop = docs.one("ConfigMap", "-hadoop-conf")["data"]
+    assert _site(hadoop["hdfs-site.xml"])["dfs.replication"] == "2"
+    assert docs.one("StatefulSet", "-datanode")["spec"]["replicas"] == datanodes
+    assert docs.one("StatefulSet", "-namenode")["spec"]["replicas"] == 1
+    assert docs.one("StatefulSet", "-hbase-regionserver")["spec"]["replicas"] == regionservers
+    zk = docs.one("StatefulSet", "-zookeeper")
+    assert zk["spec"]["replicas"] == zookeepers
+    hbase = docs.one("ConfigMap", "-hbase-conf")["data"]
+    assert len(_site(hbase["hbase-site.xml"])["hbase.zookeeper.quorum"].split(",")) == zookeepers
+    assert len(re.findall(r"^server\.\d+=", hbase["zoo.cfg"], re.M)) == zookeepers
+    # Every DataNode and RegionServer may be disrupted one at a time, never two.
+    for suffix in ("-datanode", "-hbase-regionserver", "-zookeeper"):
+        assert docs.one("PodDisruptionBudget", suffix)["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(("value_files", "workers", "serve"),
+                         [((), (1, 4), (1, 4)), ((PRODUCTION,), (2, 10), (2, 16))], ids=["default", "production"])
+def test_rayservice_autoscaling_bounds_and_serve_config(render, value_files, workers, serve):
+    from ray.serve.schema import ServeDeploySchema
+
+    from ray_apps.serve.api import GRPC_SERVICERS, MarketingApi
+
+    docs = render(*value_files)
+    service = docs.one("RayService", "-serve")
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    (group,) = cluster["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == workers
+    assert group["replicas"] == workers[0]
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    assert config.grpc_options.grpc_servicer_functions == GRPC_SERVICERS
+    (app,) = config.applications
+    module, _, attr = app.import_path.partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert app.args == {"settings": "/etc/pmkt/settings.yaml"}
+    (deployment,) = app.deployments
+    assert deployment.name == MarketingApi.name
+    scaling = deployment.autoscaling_config
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == serve
+
+    # The head's ports are the ones KubeRay names for Serve (serve, serve-grpc) and match it.
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert (ports["serve"], ports["serve-grpc"]) == (config.http_options.port, config.grpc_options.port)
+
+
+def test_the_settings_configmap_loads_with_the_platform_schema_and_names_rendered_services(rendered, tmp_path):
+    from cluster.settings import load_settings
+
+    path = tmp_path / "settings.yaml"
+    path.write_text(rendered.settings_yaml())
+    s = load_settings(path=path, env={"PMKT_HOME": str(tmp_path)})
+    assert s.profile == "cluster"
+    assert s.lake.backend == "hdfs" and s.profile_store.backend == "hbase"
+    assert s.lake.hdfs.replication == 2
+
+    services = {d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for d in rendered.of_kind("Service")}
+    nn_host, nn_port = re.match(r"hdfs://([^:/]+):(\d+)/", s.lake.hdfs.fs_uri).groups()
+    assert int(nn_port) in services[nn_host]
+    assert s.profile_store.hbase.port in services[s.profile_store.hbase.host]
+    if s.spark.master.startswith("spark://"):
+        host, port = s.spark.master[len("spark://"):].split(":")
+        assert int(port) in services[host]
+        assert not rendered.of_kind("Role")
+    else:
+        assert s.spark.master == "k8s://https://kubernetes.default.svc"
+        assert rendered.of_kind("Role") and rendered.of_kind("RoleBinding")
+    # The serving pods read the same file.
+    service = rendered.one("RayService", "-serve")
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["settings"] == "/etc/pmkt/settings.yaml"
+
+
+def test_probes_and_resources_on_every_long_running_container(rendered):
+    for owner, spec in _pod_specs(rendered):
+        batch = owner.startswith(("Job/", "CronJob/"))
+        for container in spec["containers"] + spec.get("initContainers", []):
+            where = f"{owner} {container['name']}"
+            assert container["resources"]["requests"].get("memory"), where
+            assert container["resources"]["limits"].get("memory"), where
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+        for container in spec["containers"]:
+            where = f"{owner} {container['name']}"
+            if batch:
+                # A build has no probes; it is bounded by activeDeadlineSeconds instead.
+                assert "livenessProbe" not in container, where
+            else:
+                assert container.get("readinessProbe") and container.get("livenessProbe"), where
+    for job in rendered.of_kind("Job"):
+        assert job["spec"]["activeDeadlineSeconds"] > 0
+    for cron in rendered.of_kind("CronJob"):
+        assert cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 0
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_no_secret_value_outside_a_secret(render):
+    docs = render(sets=(f"secrets.apiKeys.values={{{SECRET_API_KEY}}}", f"secrets.piiKeys.value={SECRET_PII}"))
+    secrets = {d["metadata"]["name"]: d for d in docs.of_kind("Secret")}
+    assert {s["stringData"].get("api-keys") or s["stringData"].get("pii-keys") for s in secrets.values()} == {
+        SECRET_API_KEY, SECRET_PII}
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            text = yaml.safe_dump(doc)
+            assert SECRET_API_KEY.split(":")[1] not in text and SECRET_PII.split(":")[1] not in text, doc["kind"]
+    # Every platform container takes the keys from those Secrets.
+    for owner, spec in _pod_specs(docs):
+        for container in spec["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            if "PMKT_SETTINGS" in env:
+                assert env["PMKT_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] in secrets, owner
+                assert env["PMKT_PII_KEYS"]["valueFrom"]["secretKeyRef"]["name"] in secrets, owner
+
+
+def test_existing_secrets_are_referenced_not_created(render, tmp_path):
+    docs = render(PRODUCTION)
+    assert docs.of_kind("Secret") == []
+    refs = set()
+    for _, spec in _pod_specs(docs):
+        for container in spec["containers"]:
+            for e in container.get("env", []):
+                if "secretKeyRef" in e.get("valueFrom", {}):
+                    refs.add(e["valueFrom"]["secretKeyRef"]["name"])
+    assert refs == {"pmkt-api-keys", "pmkt-pii-keys"}
+    # With the keys in an existing Secret the API requires them.
+    from cluster.settings import load_settings
+
+    path = tmp_path / "settings.yaml"
+    path.write_text(docs.settings_yaml())
+    assert load_settings(path=path, env={"PMKT_HOME": str(tmp_path)}).serve.auth.required is True
+
+
+def test_network_policies_cover_every_storage_daemon(render):
+    docs = render()
+    storage = {"namenode", "datanode", "zookeeper", "hbase-master", "hbase-regionserver", "hbase-thrift"}
+    covered = set()
+    for policy in docs.of_kind("NetworkPolicy"):
+        labels = policy["spec"]["podSelector"].get("matchLabels", {})
+        if labels.get("app.kubernetes.io/component") in storage:
+            (rule,) = policy["spec"]["ingress"]
+            assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "pm"}}}]
+            covered.add(labels["app.kubernetes.io/component"])
+    assert covered == storage
+    # Spark executors (pods Spark creates) carry the release label, so the policies admit them.
+    settings = yaml.safe_load(docs.settings_yaml())
+    assert settings["spark"]["conf"]["spark.kubernetes.executor.label.app.kubernetes.io/instance"] == "pm"
+    assert not render(sets=("networkPolicy.enabled=false",)).of_kind("NetworkPolicy")
+
+
+def test_the_build_runs_the_chain_in_order(render):
+    docs = render(PRODUCTION)
+    cron = docs.one("CronJob", "-nightly-build")
+    script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    steps = re.findall(r"^pmkt (.+)$", script, re.M)
+    assert steps == ["ingest /input", "clean", "features rfm", "features clv", "features tags",
+                     "features tables", "features profiles"]
+    assert cron["spec"]["timeZone"] == "Asia/Shanghai"
+    job = docs.one("Job", "-initial-build")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [script]
+    # Each step is a pmkt command that exists.
+    from click.testing import CliRunner
+
+    from cluster.cli import cli
+
+    for step in steps:
+        result = CliRunner().invoke(cli, [*step.split()[:2 if step.startswith("features") else 1], "--help"])
+        assert result.exit_code == 0, (step, result.output)
+
+
+def test_the_tune_rayjob_runs_a_real_tune_command(render):
+    from click.testing import CliRunner
+
+    from cluster.cli import cli
+
+    docs = render(sets=("ray.tune.enabled=true", "ray.tune.family=churn", "ray.tune.scheduler=asha"))
+    job = docs.one("RayJob", "-tune-churn")
+    args = job["spec"]["entrypoint"].split()
+    assert args[:2] == ["pmkt", "tune"]
+    result = CliRunner().invoke(cli, [*args[1:], "--help"])
+    assert result.exit_code == 0, result.output
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert not render().of_kind("RayJob")
