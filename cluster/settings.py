@@ -455,8 +455,12 @@ class EventSettings(_Model):
     flush_s: float = Field(10.0, gt=0)
     # -- events stamped further than this in the future are rejected (clock skew allowance)
     max_future_s: float = Field(300.0, ge=0)
-    # -- event ids a replica remembers to drop re-sent events
+    # -- event ids a replica remembers to drop re-sent events without asking the store
     dedup_window: int = Field(100_000, ge=0)
+    # -- seconds an event id stays claimed in the profile store, so that an event re-sent to
+    #    any replica within this time is counted once (HBase: the claims table's TTL, fixed
+    #    when the table is created)
+    dedup_ttl_s: float = Field(86_400.0, ge=1)
     # -- seconds a replica caches the list of forgotten users
     tombstone_ttl_s: float = Field(30.0, gt=0)
 

@@ -83,7 +83,36 @@ def store_reads_whole_families(store, prefix: str) -> None:
         store.read(uid, families=["zz"])
 
 
+def store_claims_are_taken_once(store, prefix: str, threads: int = 4, keys: int = 50) -> None:
+    a, b = f"{prefix}-claim-a", f"{prefix}-claim-b"
+    users = store.count_users()
+    assert store.claim([a, b]) == [True, True]
+    assert store.claim([b, a]) == [False, False]
+    store.release([a])
+    assert store.claim([a, b]) == [True, False]
+    assert store.claim([]) == []
+    # Concurrent callers (Serve replicas) claiming the same keys: each key is won exactly once.
+    shared = [f"{prefix}-race-{i}" for i in range(keys)]
+    wins: list[list[bool]] = []
+
+    def race() -> None:
+        wins.append(store.claim(shared))
+
+    workers = [threading.Thread(target=race) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(wins) == threads
+    assert [sum(w[i] for w in wins) for i in range(keys)] == [1] * keys
+    assert store.count_users() == users  # claims are not users
+    store.release(shared + [a, b])
+    assert store.claim([a]) == [True]
+    store.release([a])
+
+
 STORE_CONTRACT = [
+    store_claims_are_taken_once,
     store_reads_whole_families,
     store_ensure_schema_is_idempotent,
     store_write_read_and_filter,

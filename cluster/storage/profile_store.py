@@ -2,7 +2,9 @@
 
 One small interface and one class per back-end (SQLite embedded, HBase on the cluster).
 Cells are bytes encoded by :mod:`cluster.storage.keys`; counters (family ``c``) are
-8-byte big-endian integers incremented atomically.
+8-byte big-endian integers incremented atomically. Beside the profiles, the store keeps
+short-lived *claims* (:meth:`ProfileStore.claim`): the real-time intake claims each event id
+there, so that a re-sent event is counted once whichever Serve replica receives it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ class ProfileStore(ABC):
         """Remove every cell of the user."""
 
     @abstractmethod
+    def claim(self, keys: Sequence[str]) -> list[bool]:
+        """Claim each key for ``claim_ttl_s`` seconds, atomically for every client of the store.
+
+        Returns, per key, True when this call claimed it (no live claim existed) and False when
+        another call holds a live claim. If it raises, no key of this call stays claimed.
+        """
+
+    @abstractmethod
+    def release(self, keys: Sequence[str]) -> None:
+        """Drop claims, so the keys may be claimed again at once (idempotent)."""
+
+    @abstractmethod
     def ensure_schema(self) -> bool:
         """Create the store's tables if they do not exist; True if anything was created."""
 
@@ -101,14 +115,20 @@ class SqliteProfileStore(ProfileStore):
         "CREATE TABLE IF NOT EXISTS counters ("
         " user_id TEXT NOT NULL, col TEXT NOT NULL, value INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
         " PRIMARY KEY (user_id, col)) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS claims (key TEXT NOT NULL PRIMARY KEY, expires_ms INTEGER NOT NULL) WITHOUT ROWID",
     )
+    #: Expired claims are deleted at most this often (by the next claim call).
+    PURGE_EVERY_S = 60.0
 
-    def __init__(self, path: Path, batch_size: int = 1000, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: Path, batch_size: int = 1000, busy_timeout_ms: int = 30_000,
+                 claim_ttl_s: float = 86_400.0) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         self.busy_timeout_ms = busy_timeout_ms
+        self.claim_ttl_s = claim_ttl_s
         self._local = threading.local()
         self._schema_ready = False
+        self._last_purge = 0.0
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -227,6 +247,37 @@ class SqliteProfileStore(ProfileStore):
         ).fetchone()
         return int(row[0])
 
+    def claim(self, keys: Sequence[str]) -> list[bool]:
+        if not keys:
+            return []
+        conn = self._conn()
+        now_ms = int(time.time() * 1000)
+        expires = now_ms + int(self.claim_ttl_s * 1000)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # A row comes back when the key was inserted, or when its old claim had expired and
+            # is taken over; a live claim makes the conditional update a no-op (no row).
+            got = [
+                conn.execute(
+                    "INSERT INTO claims (key, expires_ms) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                    " SET expires_ms = excluded.expires_ms WHERE claims.expires_ms <= ? RETURNING 1",
+                    (key, expires, now_ms),
+                ).fetchone() is not None
+                for key in keys
+            ]
+            if time.monotonic() - self._last_purge > self.PURGE_EVERY_S:
+                conn.execute("DELETE FROM claims WHERE expires_ms <= ?", (now_ms,))
+                self._last_purge = time.monotonic()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return got
+
+    def release(self, keys: Sequence[str]) -> None:
+        if keys:
+            self._conn().executemany("DELETE FROM claims WHERE key = ?", [(k,) for k in keys])
+
     def delete(self, user_id: str) -> None:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
@@ -239,7 +290,7 @@ class SqliteProfileStore(ProfileStore):
         if existed:
             with sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000) as probe:
                 names = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            existed = {"cells", "counters"} <= names
+            existed = {"cells", "counters", "claims"} <= names
         self._conn()  # creates what is missing
         return not existed
 
@@ -262,17 +313,21 @@ class HBaseProfileStore(ProfileStore):
     """Profiles in HBase through its Thrift (v1) server, with happybase.
 
     One table ``<prefix>_profiles``; row key ``keys.row_key`` (salted user id); one column
-    family per cell family (docs/profile-store.md). The table is created on first use.
-    A small connection pool serves concurrent callers (Serve replicas use threads).
+    family per cell family (docs/profile-store.md). Claims live in ``<prefix>_claims``, one
+    counter cell per key in a family whose cells HBase expires after ``claim_ttl_s`` (its TTL,
+    fixed when the table is created). The tables are created on first use. A small
+    connection pool serves concurrent callers (Serve replicas use threads).
     """
 
     #: Versions kept per family: attributes and model outputs keep history for audits.
     FAMILY_VERSIONS = {"a": 3, "f": 3, "c": 1, "t": 1, "m": 3}
 
     def __init__(self, host: str, port: int, table_prefix: str, salt_buckets: int, timeout_ms: int,
-                 batch_size: int = 1000, pool_size: int = 4) -> None:
+                 batch_size: int = 1000, pool_size: int = 4, claim_ttl_s: float = 86_400.0) -> None:
         self.host, self.port = host, port
         self.table_name = f"{table_prefix}_profiles"
+        self.claims_table = f"{table_prefix}_claims"
+        self.claim_ttl_s = claim_ttl_s
         self.salt_buckets = salt_buckets
         self.timeout_ms = timeout_ms
         self.batch_size = batch_size
@@ -300,13 +355,21 @@ class HBaseProfileStore(ProfileStore):
         return self._pool.connection()
 
     def _create_table(self, conn) -> bool:
-        if self.table_name.encode() in conn.tables():
+        """Create the claims table if missing, and the profile table; True if the latter was created."""
+        self._create(conn, self.claims_table,
+                     {"c": {"max_versions": 1, "time_to_live": max(1, int(self.claim_ttl_s))}})
+        return self._create(conn, self.table_name,
+                            {fam: {"max_versions": v} for fam, v in self.FAMILY_VERSIONS.items()})
+
+    @staticmethod
+    def _create(conn, name: str, families: dict) -> bool:
+        if name.encode() in conn.tables():
             return False
         try:
-            conn.create_table(self.table_name, {fam: {"max_versions": v} for fam, v in self.FAMILY_VERSIONS.items()})
+            conn.create_table(name, families)
         except Exception:
             # Another client (a Spark task, a Serve replica) created it in the meantime.
-            if self.table_name.encode() not in conn.tables():
+            if name.encode() not in conn.tables():
                 raise
             return False
         return True
@@ -389,6 +452,32 @@ class HBaseProfileStore(ProfileStore):
             lambda conn: conn.table(self.table_name).counter_inc(self._key(user_id), column.encode(), amount),
             retry=False))
 
+    def claim(self, keys: Sequence[str]) -> list[bool]:
+        # An atomic increment per key: the call that takes the counter from 0 (absent, or
+        # expired by the family's TTL) to 1 holds the claim. Not retried: a lost answer may
+        # hide a counted increment, so on any failure this call's keys are released instead.
+        got: list[bool] = []
+        try:
+            for key in keys:
+                got.append(1 == int(self._call(
+                    lambda conn, k=key: conn.table(self.claims_table).counter_inc(self._key(k), b"c:n", 1),
+                    retry=False)))
+        except BaseException:
+            mine = [k for k, ok in zip(keys, got) if ok] + list(keys[len(got):len(got) + 1])
+            with contextlib.suppress(Exception):
+                self.release(mine)
+            raise
+        return got
+
+    def release(self, keys: Sequence[str]) -> None:
+        def drop(conn) -> None:
+            with conn.table(self.claims_table).batch() as batch:
+                for key in keys:
+                    batch.delete(self._key(key))
+
+        if keys:
+            self._call(drop, retry=True)
+
     def delete(self, user_id: str) -> None:
         self._call(lambda conn: conn.table(self.table_name).delete(self._key(user_id)), retry=True)
 
@@ -401,8 +490,9 @@ class HBaseProfileStore(ProfileStore):
     def drop_table(self) -> None:
         """Delete the profile table (tests and teardown); recreated on next use."""
         with self._connection() as conn:
-            if self.table_name.encode() in conn.tables():
-                conn.delete_table(self.table_name, disable=True)
+            for name in (self.table_name, self.claims_table):
+                if name.encode() in conn.tables():
+                    conn.delete_table(name, disable=True)
         with self._lock:
             self._pool = None
 
@@ -415,7 +505,7 @@ def open_profile_store(settings: Settings) -> ProfileStore:
     """The profile store back-end the settings name."""
     ps = settings.profile_store
     if ps.backend == "sqlite":
-        return SqliteProfileStore(ps.sqlite_path, batch_size=ps.batch_size)
+        return SqliteProfileStore(ps.sqlite_path, batch_size=ps.batch_size, claim_ttl_s=settings.events.dedup_ttl_s)
     hb = ps.hbase
     return HBaseProfileStore(hb.host, hb.port, hb.table_prefix, hb.salt_buckets, hb.timeout_ms,
-                             batch_size=ps.batch_size)
+                             batch_size=ps.batch_size, claim_ttl_s=settings.events.dedup_ttl_s)

@@ -183,6 +183,16 @@ class EventIntake:
                 result.duplicates += 1
                 continue
             accepted.append(row)
+        # The replica's memory catches a batch re-sent to it; the claim in the shared store
+        # catches one re-sent to another replica (or after this one restarted).
+        ids = [row["event_id"] for row in accepted]
+        try:
+            claimed = self.store.claim(ids)
+        except Exception:
+            self._forget(ids)
+            raise
+        result.duplicates += claimed.count(False)
+        accepted = [row for row, ok in zip(accepted, claimed) if ok]
         for done, row in enumerate(accepted):
             try:
                 self.store.increment(row["user_id"], f"c:{row['action']}")
@@ -190,10 +200,14 @@ class EventIntake:
                     self.store.increment(row["user_id"], f"c:{row['action']}:{row['category']}")
             except Exception:
                 # The store failed (Unavailable): events not counted yet must count when the
-                # client re-sends the batch, so they are not remembered as seen.
-                with self._lock:
-                    for later in accepted[done:]:
-                        self._recent.forget(later["event_id"])
+                # client re-sends the batch, so they are neither remembered nor claimed.
+                pending = [later["event_id"] for later in accepted[done:]]
+                self._forget(pending)
+                try:
+                    self.store.release(pending)
+                except Exception:  # noqa: BLE001 - the store is down; the claims expire after dedup_ttl_s
+                    log.warning("could not release %d event claims; a re-send within events.dedup_ttl_s "
+                                "will be taken for a duplicate", len(pending))
                 raise
         result.accepted = len(accepted)
         if accepted:
@@ -204,6 +218,11 @@ class EventIntake:
                     self._oldest = self.clock()
         self.maybe_flush()
         return result
+
+    def _forget(self, event_ids: list[str]) -> None:
+        with self._lock:
+            for event_id in event_ids:
+                self._recent.forget(event_id)
 
     def maybe_flush(self) -> int:
         """Flush when the buffer is full or old enough; returns events written."""

@@ -1,8 +1,7 @@
 """A Serve replica killed under load costs at most 0.1 % of the requests, and Serve replaces it.
 
 Runs last in the e2e session (the file name): it raises the deployment to two replicas and
-leaves it so. Real-time event de-duplication is per replica (ray_apps/events/intake.py), so
-the other tests, which re-send events, run against one.
+leaves it so; with two replicas, a re-sent event batch is still counted once.
 """
 
 from __future__ import annotations
@@ -88,3 +87,30 @@ def test_killing_a_replica_under_load_loses_at_most_a_thousandth(chain):
             break
         time.sleep(1)
     assert victim not in _replicas() and len(_replicas()) >= len(before)
+
+
+def test_an_event_batch_resent_across_replicas_counts_once(chain):
+    """Re-sends reach both replicas (the proxy spreads them); the claims in the shared store
+    keep each event counted once."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from cluster.storage import decode_counter, open_profile_store
+    from ray_apps.client import MarketingClient
+
+    assert len(_replicas()) >= 2
+    uid = f"resend-{uuid.uuid4().hex[:8]}"
+    ts = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    batch = [{"event_id": f"{uid}-{i}", "user_id": uid, "ts": ts, "action": "view"} for i in range(5)]
+    accepted = duplicates = 0
+    with MarketingClient.from_settings(chain["settings"], timeout_s=10.0) as client:
+        for k in range(16):
+            got = (client.track_events if k % 2 else client.track_events_http)(batch)
+            accepted += got.accepted
+            duplicates += got.duplicates
+    assert (accepted, duplicates) == (5, 75)
+    store = open_profile_store(chain["settings"])
+    try:
+        assert decode_counter(store.read(uid, ["c:view"])["c:view"]) == 5
+    finally:
+        store.close()

@@ -4,7 +4,6 @@ promises of docs/deploy-helm.md on the rendered manifests."""
 from __future__ import annotations
 
 import copy
-import importlib
 import re
 import subprocess
 import sys
@@ -212,8 +211,6 @@ def test_hdfs_and_hbase_sizes(render, value_files, datanodes, regionservers, zoo
 def test_rayservice_autoscaling_bounds_and_serve_config(render, value_files, workers, serve):
     from ray.serve.schema import ServeDeploySchema
 
-    from ray_apps.serve.api import GRPC_SERVICERS, MarketingApi
-
     docs = render(*value_files)
     service = docs.one("RayService", "-serve")
     cluster = service["spec"]["rayClusterConfig"]
@@ -222,16 +219,20 @@ def test_rayservice_autoscaling_bounds_and_serve_config(render, value_files, wor
     assert (group["minReplicas"], group["maxReplicas"]) == workers
     assert group["replicas"] == workers[0]
 
-    config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
-    assert config.grpc_options.grpc_servicer_functions == GRPC_SERVICERS
-    (app,) = config.applications
-    module, _, attr = app.import_path.partition(":")
-    assert callable(getattr(importlib.import_module(module), attr))
-    assert app.args == {"settings": "/etc/pmkt/settings.yaml"}
-    (deployment,) = app.deployments
-    assert deployment.name == MarketingApi.name
-    scaling = deployment.autoscaling_config
+    raw = yaml.safe_load(service["spec"]["serveConfigV2"])
+    config = ServeDeploySchema.model_validate(raw)
+    scaling = config.applications[0].deployments[0].autoscaling_config
     assert (scaling["min_replicas"], scaling["max_replicas"]) == serve
+    # Apart from the settings it reads and the replica bounds, the chart deploys what
+    # ray_apps/serve/serve-config.yaml does (which tests/unit/test_serve_config.py checks
+    # against the code).
+    repo = yaml.safe_load((ROOT / "ray_apps" / "serve" / "serve-config.yaml").read_text())
+    for cfg, args in ((raw, {"settings": "/etc/pmkt/settings.yaml"}), (repo, {"profile": "cluster"})):
+        (app,) = cfg["applications"]
+        assert app.pop("args") == args
+        for key in ("min_replicas", "max_replicas"):
+            app["deployments"][0]["autoscaling_config"].pop(key)
+    assert raw == repo
 
     # The head's ports are the ones KubeRay names for Serve (serve, serve-grpc) and match it.
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
@@ -374,3 +375,18 @@ def test_the_tune_rayjob_runs_a_real_tune_command(render):
     assert result.exit_code == 0, result.output
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     assert not render().of_kind("RayJob")
+
+
+def test_notes_name_the_api_service_and_warn_about_an_open_api(tools):
+    def notes(*sets: str) -> str:
+        args = ["install", "pm", str(CHART), "--dry-run=client", "--namespace", "marketing"]
+        for s in sets:
+            args += ["--set", s]
+        out = helm(tools, *args)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split("NOTES:", 1)[1]
+
+    open_api = notes()
+    assert "svc/pm-precision-marketing-serve-serve-svc 8000" in open_api
+    assert "WARNING: no API keys" in open_api
+    assert "WARNING" not in notes("secrets.apiKeys.existingSecret=pmkt-api-keys")

@@ -69,3 +69,18 @@ def test_hbase_store_survives_the_thrift_servers_idle_timeout(hbase_store, run_t
     time.sleep(timeout_s + 10)
     assert hbase_store.read(uid, ["f:r"]) == {"f:r": b"1"}
     assert hbase_store.increment(uid, "c:view") == 1
+
+
+def test_hbase_claims_expire_with_the_claims_table_ttl(cluster_settings, run_tag):
+    """The claims table's TTL (events.dedup_ttl_s at creation) ends a claim; no sweeper needed."""
+    import time
+
+    hb = cluster_settings.profile_store.hbase
+    store = HBaseProfileStore(hb.host, hb.port, f"ttl{run_tag}", hb.salt_buckets, hb.timeout_ms, claim_ttl_s=2)
+    try:
+        assert store.claim(["e1", "e2"]) == [True, True]
+        assert store.claim(["e1"]) == [False]
+        time.sleep(3.5)
+        assert store.claim(["e1", "e2"]) == [True, True]
+    finally:
+        store.drop_table()

@@ -148,3 +148,34 @@ def test_events_not_counted_because_the_store_failed_count_when_resent(parts, mo
     again = intake.track(batch)
     assert (again.accepted, again.duplicates) == (2, 1)  # e1 was counted, e2 and e3 now are
     assert decode_counter(store.read("u1", ["c:view"])["c:view"]) == 3
+
+
+def test_a_batch_resent_to_another_replica_is_counted_once(parts, tmp_path):
+    """Two replicas, each with its own memory and its own connection to the shared store."""
+    store, lake, intake, clock = parts
+    other = EventIntake(SqliteProfileStore(tmp_path / "p.sqlite"), lake, source_tz="Asia/Shanghai",
+                        flush_rows=3, flush_s=10, clock=lambda: clock[0])
+    first = intake.track([_event(1), _event(2)])
+    resent = other.track([_event(1), _event(2), _event(3)])
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert (resent.accepted, resent.duplicates) == (1, 2)
+    assert decode_counter(store.read("u1", ["c:view"])["c:view"]) == 3
+    # The local memory still answers first: the replica that saw e3 does not ask the store again.
+    calls = []
+    real = other.store.claim
+    other.store.claim = lambda ids: calls.append(list(ids)) or real(ids)
+    assert other.track([_event(3), _event(4)]).duplicates == 1
+    assert calls == [["e4"]]
+
+
+def test_a_failed_claim_counts_nothing_and_the_resend_counts(parts, monkeypatch):
+    from cluster.errors import Unavailable
+
+    store, _lake, intake, _ = parts
+    real = store.claim
+    monkeypatch.setattr(store, "claim", lambda ids: (_ for _ in ()).throw(Unavailable("store down")))
+    with pytest.raises(Unavailable):
+        intake.track([_event(1), _event(2)])
+    assert store.read("u1") is None
+    monkeypatch.setattr(store, "claim", real)
+    assert intake.track([_event(1), _event(2)]).accepted == 2

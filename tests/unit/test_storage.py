@@ -54,3 +54,35 @@ def test_flag_and_ranked_cells_decode_as_the_profile_and_the_services_read_them(
     assert decode_ranked(b"[]") == []
     for bad in (b"not json", b'[["a"]]', b"[1]"):
         assert decode_ranked(bad) is None
+
+
+def test_sqlite_claims_expire_and_are_shared_by_every_process(tmp_path, monkeypatch):
+    import cluster.storage.profile_store as ps
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(ps.time, "time", lambda: now[0])
+    one = SqliteProfileStore(tmp_path / "p.sqlite", claim_ttl_s=60)
+    other = SqliteProfileStore(tmp_path / "p.sqlite", claim_ttl_s=60)  # another replica's store
+    assert one.claim(["e1"]) == [True]
+    assert other.claim(["e1", "e2"]) == [False, True]
+    now[0] += 59
+    assert one.claim(["e1"]) == [False]
+    now[0] += 2  # e1's claim (taken at t0) has expired; e2's (t0 too) as well
+    assert other.claim(["e1", "e2"]) == [True, True]
+    assert one.claim(["e1"]) == [False]
+
+
+def test_sqlite_purges_expired_claims(tmp_path, monkeypatch):
+    import sqlite3
+
+    import cluster.storage.profile_store as ps
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(ps.time, "time", lambda: now[0])
+    store = SqliteProfileStore(tmp_path / "p.sqlite", claim_ttl_s=10)
+    store.claim([f"e{i}" for i in range(100)])
+    now[0] += 11
+    store._last_purge = 0.0  # due
+    store.claim(["fresh"])
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        assert conn.execute("SELECT key FROM claims").fetchall() == [("fresh",)]
