@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit test-helm test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune clean distclean
+.PHONY: help install proto demo test test-unit test-helm test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune bench-bandits clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -64,6 +64,7 @@ bench: install ## All benchmarks (each prints figures and a ratio against a base
 	$(BIN)/python tests/benchmarks/bench_features.py
 	$(BIN)/python tests/benchmarks/bench_recs_movielens.py
 	$(BIN)/python tests/benchmarks/bench_ctr_search.py
+	$(BIN)/python tests/benchmarks/bench_bandits.py
 
 bench-serving: install ## GetProfile and ScoreBatch: Serve (proxy, direct ingress) vs plain grpcio, p50/p99, req/s, autoscaling.
 	$(BIN)/python tests/benchmarks/bench_serving.py
@@ -76,6 +77,9 @@ bench-tune: install ## CTR search: ASHA against the full grid in one run (comput
 
 bench-events: install ## Real-time intake: events/s through Serve vs in-process, acceptance -> visible p99.
 	$(BIN)/python tests/benchmarks/bench_events.py
+
+bench-bandits: install ## Channel policies (served Thompson vs UCB1 vs fixed split): regret, revenue; mSPRT vs repeated z-test false positives.
+	$(BIN)/python tests/benchmarks/bench_bandits.py
 
 bench-features: install ## Spark feature build on 1 M and 5 M events (local[2]) vs a pandas baseline.
 	$(BIN)/python tests/benchmarks/bench_features.py

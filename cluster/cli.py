@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from cluster._cli_experiment import experiment_group
 from cluster._progress import console, err_console, progress_bar
 from cluster._render import print_segments, serve_until_interrupted
 from cluster.errors import InvalidArgument, PlatformError
@@ -60,6 +61,7 @@ def cli(ctx: click.Context, profile: str | None, settings_file: str | None, verb
       pmkt tune segments|ctr|recs|churn Ray Tune -> model registry (pmkt models ...)
       pmkt serve                        gRPC + HTTP API on Ray Serve
     or all of it at once: pmkt demo.
+    A/B statistics and channel-policy simulation: pmkt experiment ...
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -703,6 +705,9 @@ def demo_cmd(c: _Ctx, input_dir: Path | None, users: int, days: int, seed: int, 
 
     run_demo(c.settings, input_dir=input_dir, users=users, days=days, seed=seed, smoke_test=smoke_test,
              keep_serving=keep_serving)
+
+
+cli.add_command(experiment_group)
 
 
 def main(argv: list[str] | None = None) -> int:

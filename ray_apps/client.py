@@ -46,6 +46,8 @@ from protos.marketing.v1 import (
     ctr_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    experiment_pb2,
+    experiment_pb2_grpc,
     offer_pb2,
     offer_pb2_grpc,
     profile_pb2,
@@ -145,6 +147,21 @@ class MarketingClient:
         "OptimizeBudget": budget_pb2_grpc.BudgetServiceStub,
         "ChooseChannel": channel_pb2_grpc.ChannelServiceStub,
         "ReportOutcome": channel_pb2_grpc.ChannelServiceStub,
+        **{m: experiment_pb2_grpc.ExperimentServiceStub for m in (
+            "AnalyzeConversions", "CompareMeans", "SequentialTest", "SampleSize", "SegmentSignificance")},
+    }
+    #: ExperimentService: method -> (HTTP path, request type, response type).
+    _EXPERIMENTS = {
+        "AnalyzeConversions": ("/v1/experiments/conversions", experiment_pb2.AnalyzeConversionsRequest,
+                               experiment_pb2.AnalyzeConversionsResponse),
+        "CompareMeans": ("/v1/experiments/means", experiment_pb2.CompareMeansRequest,
+                         experiment_pb2.CompareMeansResponse),
+        "SequentialTest": ("/v1/experiments/sequential", experiment_pb2.SequentialTestRequest,
+                           experiment_pb2.SequentialTestResponse),
+        "SampleSize": ("/v1/experiments/sample-size", experiment_pb2.SampleSizeRequest,
+                       experiment_pb2.SampleSizeResponse),
+        "SegmentSignificance": ("/v1/experiments/segments", experiment_pb2.SegmentSignificanceRequest,
+                                experiment_pb2.SegmentSignificanceResponse),
     }
     #: Calls that must not be repeated after an UNAVAILABLE: the server may have counted it.
     _NOT_RETRIED = frozenset({"ReportOutcome"})
@@ -327,6 +344,17 @@ class MarketingClient:
         body = {"user_id": user_id, "segment_id": segment_id, "channel": channel, "converted": converted}
         return ParseDict(self._http_json("POST", "/v1/channels/outcome", body=body, retry=False),
                          channel_pb2.ReportOutcomeResponse())
+
+    def experiment(self, method: str, body: dict[str, Any]) -> Any:
+        """ExperimentService.<method> with the request given as a dict of its fields, e.g.
+        ``experiment("SampleSize", {"baseline_rate": 0.05, "variant_rate": 0.06})``."""
+        _path, request_type, _response_type = self._EXPERIMENTS[method]
+        return self._grpc(method, ParseDict(body, request_type()))
+
+    def experiment_http(self, method: str, body: dict[str, Any]) -> Any:
+        """The same over HTTP (``POST /v1/experiments/...``)."""
+        path, _request_type, response_type = self._EXPERIMENTS[method]
+        return ParseDict(self._http_json("POST", path, body=body), response_type())
 
     def close(self) -> None:
         if self._channel is not None:

@@ -12,6 +12,11 @@ ChurnService       ``GetChurnRisk``                     ``GET /v1/users/{id}/chu
 OfferService       ``GenerateOffer``                    ``POST /v1/offers``
 BudgetService      ``OptimizeBudget``                   ``POST /v1/budget/optimize``
 ChannelService     ``ChooseChannel``, ``ReportOutcome`` ``POST /v1/channels/choose``, ``.../outcome``
+ExperimentService  ``AnalyzeConversions``               ``POST /v1/experiments/conversions``
+                   ``CompareMeans``                     ``POST /v1/experiments/means``
+                   ``SequentialTest``                   ``POST /v1/experiments/sequential``
+                   ``SampleSize``                       ``POST /v1/experiments/sample-size``
+                   ``SegmentSignificance``              ``POST /v1/experiments/segments``
 =================  ===================================  ==========================================
 
 Serve's gRPC proxy calls the deployment method named like the RPC; its HTTP proxy routes
@@ -42,6 +47,7 @@ from protos.marketing.v1 import (
     churn_pb2,
     ctr_pb2,
     events_pb2,
+    experiment_pb2,
     offer_pb2,
     profile_pb2,
     recommend_pb2,
@@ -52,6 +58,7 @@ from ray_apps.channels.bandit import ChannelBandit
 from ray_apps.channels.service import ChannelChooser
 from ray_apps.churn.service import ChurnScorer
 from ray_apps.ctr.service import CtrScorer
+from ray_apps.evaluation import service as experiments
 from ray_apps.current import CurrentModel
 from ray_apps.events.intake import EVENT_FIELDS, EventIntake, IntakeResult
 from ray_apps.offers.service import OfferEngine
@@ -79,6 +86,7 @@ GRPC_SERVICERS = [
     "protos.marketing.v1.offer_pb2_grpc.add_OfferServiceServicer_to_server",
     "protos.marketing.v1.budget_pb2_grpc.add_BudgetServiceServicer_to_server",
     "protos.marketing.v1.channel_pb2_grpc.add_ChannelServiceServicer_to_server",
+    "protos.marketing.v1.experiment_pb2_grpc.add_ExperimentServiceServicer_to_server",
     # The standard health service (grpc_health_probe, Kubernetes gRPC probes): Check only.
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
@@ -88,7 +96,7 @@ SERVICE_MODELS = {
     "marketing.v1.EventService": None, "marketing.v1.CtrService": "ctr",
     "marketing.v1.RecommendService": "recs", "marketing.v1.ChurnService": "churn",
     "marketing.v1.OfferService": "segments", "marketing.v1.BudgetService": None,
-    "marketing.v1.ChannelService": "segments",
+    "marketing.v1.ChannelService": "segments", "marketing.v1.ExperimentService": None,
 }
 
 def _require_api_key(authorization: str | None = Header(None, include_in_schema=False)) -> None:
@@ -101,7 +109,7 @@ http_app = FastAPI(
     title="Precision-marketing platform API",
     version="v1",
     description="Segments, 360° profiles, real-time events, CTR scores, recommendations, churn risk, "
-                "offers, budget allocation and channel choice. Errors: 404 unknown user, "
+                "offers, budget allocation, channel choice and experiment statistics. Errors: 404 unknown user, "
                 "409 no model yet (or a precondition such as consent), 422 invalid argument "
                 "(the body names the field), 401 missing or unknown API key (when keys are configured: "
                 "send `Authorization: Bearer <key>`).",
@@ -458,6 +466,43 @@ class MarketingApi:
         return _as_dict(self._channels.report(channel=body.channel, converted=body.converted,
                                               user_id=body.user_id, segment_id=body.segment_id))
 
+    # -- ExperimentService -----------------------------------------------------------------
+    # Pure computations: CPU-bound ones (many values, many looks) run off the event loop.
+    @grpc_method(experiment_pb2.AnalyzeConversionsResponse)
+    async def AnalyzeConversions(self, request: experiment_pb2.AnalyzeConversionsRequest
+                                 ) -> experiment_pb2.AnalyzeConversionsResponse:
+        return experiments.analyze_conversions(request)
+
+    @grpc_method(experiment_pb2.CompareMeansResponse)
+    async def CompareMeans(self, request: experiment_pb2.CompareMeansRequest) -> experiment_pb2.CompareMeansResponse:
+        return await asyncio.to_thread(experiments.compare_means, request)
+
+    @grpc_method(experiment_pb2.SequentialTestResponse)
+    async def SequentialTest(self, request: experiment_pb2.SequentialTestRequest
+                             ) -> experiment_pb2.SequentialTestResponse:
+        return await asyncio.to_thread(experiments.sequential_test, request)
+
+    @grpc_method(experiment_pb2.SampleSizeResponse)
+    async def SampleSize(self, request: experiment_pb2.SampleSizeRequest) -> experiment_pb2.SampleSizeResponse:
+        return experiments.sample_size(request)
+
+    @grpc_method(experiment_pb2.SegmentSignificanceResponse)
+    async def SegmentSignificance(self, request: experiment_pb2.SegmentSignificanceRequest
+                                  ) -> experiment_pb2.SegmentSignificanceResponse:
+        return await asyncio.to_thread(experiments.segment_significance_of, request)
+
+    @http_app.post(
+        "/v1/experiments/{name}",
+        summary="Experiment statistics: name is conversions, means, sequential, sample-size or segments; "
+                "the body is the ExperimentService request message as JSON",
+        responses={404: {"description": "no such computation"}, 422: {"description": "a field out of range (named)"}},
+    )
+    def experiment_http(self, name: str, body: dict = Body(...)) -> dict[str, Any]:
+        if name not in experiments.HTTP_ROUTES:
+            raise NotFound(f"no experiment computation {name!r}; one of {', '.join(experiments.HTTP_ROUTES)}",
+                           field="name")
+        request_type, compute = experiments.HTTP_ROUTES[name]
+        return _as_dict(compute(experiments.parse_request(body, request_type)))
 
 def build_api_app(settings: Settings) -> Application:
     """Bind the deployment with autoscaling from ``settings.serve.autoscaling``."""

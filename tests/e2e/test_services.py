@@ -176,6 +176,37 @@ def test_bad_requests_are_invalid_arguments_naming_the_field(client, call, field
     assert field in str(err.value)
 
 
+EXPERIMENTS = {
+    "AnalyzeConversions": {"control": {"name": "control", "conversions": 200, "trials": 10_000},
+                           "variants": [{"name": "red", "conversions": 260, "trials": 10_000}]},
+    "CompareMeans": {"control": [3.0, 5.0, 4.0, 6.0, 5.5], "variant": [6.0, 7.5, 6.5, 8.0, 7.0],
+                     "control_pre": [3.1, 4.8, 4.2, 5.9, 5.0], "variant_pre": [3.0, 5.1, 4.1, 6.2, 5.2]},
+    "SequentialTest": {"looks": [{"control_conversions": 50 * k, "control_trials": 1000 * k,
+                                  "variant_conversions": 65 * k, "variant_trials": 1000 * k} for k in range(1, 30)]},
+    "SampleSize": {"baseline_rate": 0.05, "variant_rate": 0.06, "control_trials": 3000},
+    "SegmentSignificance": {"groups": [{"name": "a", "values": [1, 2, 3, 2]}, {"name": "b", "values": [5, 6, 7, 6]}]},
+}
+
+
+@pytest.mark.parametrize("method", sorted(EXPERIMENTS))
+def test_experiment_service_answers_alike_on_both_transports(client, method):
+    from google.protobuf.json_format import MessageToDict
+
+    by_grpc = client.experiment(method, EXPERIMENTS[method])
+    by_http = client.experiment_http(method, EXPERIMENTS[method])
+    assert MessageToDict(by_grpc) == MessageToDict(by_http)
+    assert by_grpc.ByteSize() > 0
+
+
+@pytest.mark.parametrize("transport", ["experiment", "experiment_http"])
+def test_experiment_errors_name_the_field(client, transport):
+    bad = {"control": {"name": "control", "conversions": 20, "trials": 10},
+           "variants": [{"name": "red", "conversions": 1, "trials": 10}]}
+    with pytest.raises(InvalidArgument) as err:
+        getattr(client, transport)("AnalyzeConversions", bad)
+    assert "control" in str(err.value)
+
+
 # -- fuzz: random requests never get UNKNOWN or INTERNAL ----------------------------------------
 _OK = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
        grpc.StatusCode.FAILED_PRECONDITION}

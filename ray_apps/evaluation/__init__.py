@@ -1,0 +1,1 @@
+"""Evaluation: A/B test statistics, segment significance and channel-policy simulation."""

@@ -1,0 +1,211 @@
+"""ExperimentService: the statistics of :mod:`ray_apps.evaluation` on request messages.
+
+One function per RPC, from the request message to the response message; the gRPC methods
+call them directly and the HTTP routes after parsing the JSON body into the same request
+message (:func:`parse_request`), so both transports answer alike. Errors name the request's
+own field paths (``variants[1].trials``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from google.protobuf.json_format import ParseDict, ParseError
+
+from cluster.errors import InvalidArgument
+from protos.marketing.v1 import experiment_pb2 as pb
+from ray_apps.evaluation import abtest
+from ray_apps.evaluation.segments import segment_significance
+
+__all__ = ["HTTP_ROUTES", "parse_request", "analyze_conversions", "compare_means", "sequential_test", "sample_size",
+           "segment_significance_of", "MAX_VARIANTS", "MAX_VALUES", "MAX_LOOKS", "MAX_SEGMENTS"]
+
+MAX_VARIANTS = 20
+MAX_VALUES = 1_000_000
+MAX_LOOKS = 10_000
+MAX_SEGMENTS = 50
+CORRECTIONS = ("holm", "bh", "none")
+
+
+def parse_request(body: Any, message_type: type) -> Any:
+    """A JSON body as the RPC's request message; an unknown or mistyped field is 422."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object", field="body")
+    try:
+        return ParseDict(body, message_type())
+    except ParseError as err:
+        text = str(err)
+        field = _parse_error_field(text)
+        reason = "no such field" if "has no field named" in text else "not a value of the field's type"
+        raise InvalidArgument(f"{field}: {reason}", field=field) from None
+
+
+def _parse_error_field(text: str) -> str:
+    """The field path in one of protobuf's ParseError messages."""
+    unknown = re.search(r'no field named "([^"]+)" at "([^"]+)"', text)
+    if unknown:
+        _, _, where = unknown.group(2).partition(".")
+        return f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+    located = re.search(r" at \w+\.([\w.\[\]]+?)\.?$", text.splitlines()[0])
+    if located:
+        return located.group(1).rstrip(".")
+    return ".".join(re.findall(r"Failed to parse (\w+) field", text)) or "body"
+
+
+def _alpha(value: float) -> float:
+    alpha = value or 0.05
+    if not 0 < alpha < 1:
+        raise InvalidArgument(f"alpha must be in (0, 1), got {value}", field="alpha")
+    return alpha
+
+
+def _alternative(value: str) -> str:
+    alt = value or "two-sided"
+    if alt not in abtest.ALTERNATIVES:
+        raise InvalidArgument(f"alternative must be one of {', '.join(abtest.ALTERNATIVES)}, got {value!r}",
+                              field="alternative")
+    return alt
+
+
+def _check_arm(arm: Any, path: str) -> None:
+    if not 1 <= len(arm.name) <= 64:
+        raise InvalidArgument(f"{path}.name must be 1 to 64 characters", field=f"{path}.name")
+    if arm.planned_weight < 0 or not math.isfinite(arm.planned_weight):
+        raise InvalidArgument(f"{path}.planned_weight must be a non-negative number", field=f"{path}.planned_weight")
+
+
+def analyze_conversions(request: pb.AnalyzeConversionsRequest) -> pb.AnalyzeConversionsResponse:
+    if not request.HasField("control"):
+        raise InvalidArgument("control is required", field="control")
+    if not 1 <= len(request.variants) <= MAX_VARIANTS:
+        raise InvalidArgument(f"variants must hold 1 to {MAX_VARIANTS} arms", field="variants")
+    alpha, alt = _alpha(request.alpha), _alternative(request.alternative)
+    correction = request.correction or "holm"
+    if correction not in CORRECTIONS:
+        raise InvalidArgument(f"correction must be one of {', '.join(CORRECTIONS)}", field="correction")
+    arms = [("control", request.control)] + [(f"variants[{i}]", v) for i, v in enumerate(request.variants)]
+    names = set()
+    for path, arm in arms:
+        _check_arm(arm, path)
+        if arm.name in names:
+            raise InvalidArgument(f"{path}.name {arm.name!r} is used twice", field=f"{path}.name")
+        names.add(arm.name)
+    c = request.control
+    results = []
+    for path, v in arms[1:]:
+        try:
+            results.append(abtest.two_proportion_ztest(c.conversions, c.trials, v.conversions, v.trials,
+                                                       alpha=alpha, alternative=alt))
+        except InvalidArgument as err:
+            # The library names control_trials / variant_conversions; the request's paths are
+            # control.trials / variants[i].conversions.
+            f = err.field or ""
+            if f.startswith("control_"):
+                raise InvalidArgument(err.message, field=f"control.{f.removeprefix('control_')}") from None
+            if f.startswith("variant_"):
+                raise InvalidArgument(err.message.replace("variant", path, 1),
+                                      field=f"{path}.{f.removeprefix('variant_')}") from None
+            raise
+    raw = [r.p_value for r in results]
+    adjusted = raw if correction == "none" else abtest.adjust_pvalues(raw, correction)
+    weights = [a.planned_weight for _, a in arms]
+    planned = None if all(w == 0 for w in weights) else weights
+    if planned is not None and any(w == 0 for w in weights):
+        raise InvalidArgument("give planned_weight for every arm or for none", field="variants")
+    srm = abtest.sample_ratio_mismatch([a.trials for _, a in arms], planned)
+    return pb.AnalyzeConversionsResponse(
+        variants=[
+            pb.VariantResult(name=v.name, control_rate=r.control_rate, variant_rate=r.variant_rate,
+                             difference=r.difference, ci_low=r.ci_low, ci_high=r.ci_high,
+                             relative_lift=r.relative_lift, z=r.z, p_value=r.p_value, adjusted_p_value=adj,
+                             significant=adj < alpha)
+            for (_, v), r, adj in zip(arms[1:], results, adjusted)
+        ],
+        sample_ratio=pb.SampleRatioCheck(chi2=srm.chi2, p_value=srm.p_value, mismatch=srm.mismatch,
+                                         expected=srm.expected),
+        alpha=alpha, correction=correction,
+    )
+
+
+def _mean_result(t: abtest.MeanTest) -> pb.MeanResult:
+    return pb.MeanResult(control_mean=t.control_mean, variant_mean=t.variant_mean, difference=t.difference,
+                         ci_low=t.ci_low, ci_high=t.ci_high, t=t.t, df=t.df, p_value=t.p_value,
+                         significant=t.significant)
+
+
+def compare_means(request: pb.CompareMeansRequest) -> pb.CompareMeansResponse:
+    for name in ("control", "variant", "control_pre", "variant_pre"):
+        if len(getattr(request, name)) > MAX_VALUES:
+            raise InvalidArgument(f"{name} holds more than {MAX_VALUES:,} values", field=name)
+    alpha, alt = _alpha(request.alpha), _alternative(request.alternative)
+    raw = abtest.welch_ttest(request.control, request.variant, alpha=alpha, alternative=alt)
+    response = pb.CompareMeansResponse(raw=_mean_result(raw))
+    if request.control_pre or request.variant_pre:
+        adj = abtest.cuped(request.control, request.variant, request.control_pre, request.variant_pre, alpha=alpha)
+        if alt != "two-sided":
+            adj = abtest.CupedResult(adj.theta, adj.variance_reduction, adj.control_adjusted, adj.variant_adjusted,
+                                     abtest.welch_ttest(adj.control_adjusted, adj.variant_adjusted, alpha=alpha,
+                                                        alternative=alt))
+        response.cuped.CopyFrom(_mean_result(adj.test))
+        response.variance_reduction = adj.variance_reduction
+        response.theta = adj.theta
+    return response
+
+
+def sequential_test(request: pb.SequentialTestRequest) -> pb.SequentialTestResponse:
+    if not 1 <= len(request.looks) <= MAX_LOOKS:
+        raise InvalidArgument(f"looks must hold 1 to {MAX_LOOKS:,} entries", field="looks")
+    looks = list(request.looks)
+    try:
+        got = abtest.msprt_proportions(
+            [x.control_conversions for x in looks], [x.control_trials for x in looks],
+            [x.variant_conversions for x in looks], [x.variant_trials for x in looks],
+            alpha=_alpha(request.alpha), mixture_sd=request.mixture_sd or None)
+    except InvalidArgument as err:
+        if err.field in ("control_trials", "control_conversions", "variant_trials", "variant_conversions"):
+            raise InvalidArgument(err.message, field=f"looks.{err.field}") from None
+        raise
+    return pb.SequentialTestResponse(p_values=got.p_values, rejected_at=got.rejected_at, difference=got.difference,
+                                     ci_low=got.ci_low, ci_high=got.ci_high, mixture_sd=got.mixture_sd)
+
+
+def sample_size(request: pb.SampleSizeRequest) -> pb.SampleSizeResponse:
+    alpha, alt = _alpha(request.alpha), _alternative(request.alternative)
+    power, ratio = request.power or 0.8, request.ratio or 1.0
+    n1, n2 = abtest.sample_size_proportions(request.baseline_rate, request.variant_rate, alpha=alpha, power=power,
+                                            ratio=ratio, alternative=alt)
+    response = pb.SampleSizeResponse(control_trials=n1, variant_trials=n2)
+    if request.control_trials:
+        response.power_at_trials = abtest.power_proportions(
+            request.baseline_rate, request.variant_rate, request.control_trials, alpha=alpha, ratio=ratio,
+            alternative=alt)
+    return response
+
+
+def segment_significance_of(request: pb.SegmentSignificanceRequest) -> pb.SegmentSignificanceResponse:
+    if not 2 <= len(request.groups) <= MAX_SEGMENTS:
+        raise InvalidArgument(f"groups must hold 2 to {MAX_SEGMENTS} segments", field="groups")
+    if sum(len(g.values) for g in request.groups) > MAX_VALUES:
+        raise InvalidArgument(f"groups hold more than {MAX_VALUES:,} values in all", field="groups")
+    names = [g.name for g in request.groups]
+    if len(set(names)) != len(names) or not all(names):
+        raise InvalidArgument("every group needs a distinct, non-empty name", field="groups")
+    got = segment_significance({g.name: list(g.values) for g in request.groups})
+    return pb.SegmentSignificanceResponse(
+        groups=[pb.SegmentSummary(name=n, size=s, mean=m, median=md)
+                for n, s, m, md in zip(got.groups, got.sizes, got.means, got.medians)],
+        anova_f=got.anova_f, anova_p=got.anova_p, eta_squared=got.eta_squared, omega_squared=got.omega_squared,
+        kruskal_h=got.kruskal_h, kruskal_p=got.kruskal_p, epsilon_squared=got.epsilon_squared,
+    )
+
+
+#: ``POST /v1/experiments/<name>``: the request message each takes and the computation.
+HTTP_ROUTES = {
+    "conversions": (pb.AnalyzeConversionsRequest, analyze_conversions),
+    "means": (pb.CompareMeansRequest, compare_means),
+    "sequential": (pb.SequentialTestRequest, sequential_test),
+    "sample-size": (pb.SampleSizeRequest, sample_size),
+    "segments": (pb.SegmentSignificanceRequest, segment_significance_of),
+}
