@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/nu
 PROTO_STAMP := protos/.generated-$(shell cat protos/marketing/v1/*.proto protos/codegen.py 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto demo test test-unit test-helm test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune bench-bandits clean distclean
+.PHONY: help install browser proto demo test test-unit test-helm test-cluster lint-ansible bench bench-serving bench-events bench-features bench-recs bench-tune bench-bandits clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,7 +38,15 @@ proto: $(STAMP) ## Regenerate the gRPC stubs from protos/.
 demo: install ## Run the whole chain on generated data (embedded profile) and print a summary.
 	$(BIN)/pmkt demo
 
-test: install ## Unit tests, the end-to-end slice, the Helm chart, then the local cluster: lint, provision, integration tests, teardown.
+browser: ## Headless Chromium for the report test (Debian's chromium; installed with apt when run as root).
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium (headless browser of the report test)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  else echo "the report test needs chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: install browser ## Unit tests, the end-to-end slice, the Helm chart, then the local cluster: lint, provision, integration tests, teardown.
 	$(BIN)/python -m pytest tests/unit tests/e2e --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-helm
 	@if [ "$${PMKT_SKIP_CLUSTER:-0}" = 1 ]; then echo "PMKT_SKIP_CLUSTER=1: cluster tests skipped"; \

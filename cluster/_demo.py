@@ -155,7 +155,8 @@ def _tune_families(settings: Settings, smoke_test: bool, timed) -> dict:
 def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dict:
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import deploy, start_serving, wait_for_model
-    from spark_jobs import clv, ingest, profiles, rfm, tags, training_tables
+    from ray_apps.evaluation.report import write_report
+    from spark_jobs import campaigns, clv, ingest, profiles, rfm, tags, training_tables
     from spark_jobs.session import stop_spark
 
     if input_dir is None:
@@ -178,6 +179,8 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
                             test_fraction=tt.test_fraction, lookback_days=tt.lookback_days, ctr_prior=tt.ctr_prior)
     with progress_bar("profiles") as progress:
         profiles_meta = timed("profiles", profiles.main, settings, progress=progress)
+    with progress_bar("campaigns") as progress:
+        timed("campaigns", campaigns.main, settings, progress=progress)
     sample_users = _sample_users(settings, rfm_meta)
     stop_spark()  # frees the driver JVM before Ray starts
     with progress_bar("tune segments") as progress:
@@ -198,8 +201,11 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
     calls = timed("api calls", call_api, settings, sample_users)
     calls["profile"], calls["events"] = timed("profile + events", _profile_and_events, settings, sample_users[0])
     calls["services"] = timed("decision services", call_services, settings, sample_users[0], _sample_ad(settings))
+    with progress_bar("report") as progress:
+        html_path, sections = timed("report", write_report, settings, progress=progress)
     return {"report": report, "rfm": rfm_meta, "clv": clv_meta, "tags": tags_meta, "profiles": profiles_meta,
-            "tables": tables_meta, "model": model, "tuned": tuned, "calls": calls}
+            "tables": tables_meta, "model": model, "tuned": tuned, "calls": calls,
+            "html": {"path": html_path, "sections": sections}}
 
 
 def _profile_and_events(settings: Settings, user_id: str):
@@ -286,6 +292,12 @@ def _print_summary(summary: dict, timings: dict[str, float], peak_mib: float) ->
     console.print(f"CLV fit on {summary['clv']['users']:,} customers: BG/NBD r={clv_p['r']:.3f} alpha={clv_p['alpha']:.2f} "
                   f"a={clv_p['a']:.3f} b={clv_p['b']:.3f}; Gamma-Gamma p={clv_p['p']:.2f} q={clv_p['q']:.2f} "
                   f"v={clv_p['v']:.2f}; {summary['profiles']['profiles']:,} profiles built", highlight=False)
+    from ray_apps.evaluation.report import plot_count
+
+    html_report = summary["html"]
+    missing = [f"{s.title}: {s.missing}" for s in html_report["sections"] if s.missing]
+    console.print(f"report with {plot_count(html_report['sections'])} plots: {html_report['path']}"
+                  + (f" (not available: {'; '.join(missing)})" if missing else ""), highlight=False)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
     console.print(f"wall time {timings['total']:.1f}s ({steps}); peak memory of the demo's process tree "
                   f"{peak_mib:,.0f} MiB")

@@ -58,9 +58,11 @@ def cli(ctx: click.Context, profile: str | None, settings_file: str | None, verb
       pmkt ingest var/input             contract checks -> lake raw + quarantine
       pmkt features rfm                 RFM per user -> lake features + profile store
       pmkt features clv|tags|tables     CLV, tags, interactions, CTR / churn tables
+      pmkt features campaigns           clicks, cost and attributed orders per campaign
       pmkt tune segments|ctr|recs|churn Ray Tune -> model registry (pmkt models ...)
       pmkt serve                        gRPC + HTTP API on Ray Serve
-    or all of it at once: pmkt demo.
+      pmkt report                       the results as one HTML file of plots
+    or all of it at once: pmkt demo (it ends by writing the report).
     A/B statistics and channel-policy simulation: pmkt experiment ...
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -295,6 +297,21 @@ def features_profiles(c: _Ctx) -> None:
         meta = profiles.main(c.settings, progress=progress)
     console.print(f"profiles run {meta['run_id']}: {meta['profiles']:,} profiles written (as of {meta['as_of']})",
                   highlight=False)
+
+
+@features_group.command("campaigns")
+@click.option("--window-days", type=click.IntRange(1, 90), default=None,
+              help="Attribution window (default evaluation.attribution_window_days, 7).")
+@pass_ctx
+def features_campaigns(c: _Ctx, window_days: int | None) -> None:
+    """Campaign table: impressions, clicks, cost and last-click attributed orders per user,
+    campaign and channel (the input of campaign metrics and `pmkt report`)."""
+    from spark_jobs import campaigns
+
+    with progress_bar("campaigns") as progress:
+        meta = campaigns.main(c.settings, window_days=window_days, progress=progress)
+    console.print(f"campaign table run {meta['run_id']}: {meta['rows']:,} user x campaign x channel rows "
+                  f"(attribution window {meta['window_days']} days)", highlight=False)
 
 
 # -- tune / train -------------------------------------------------------------------------
@@ -705,6 +722,25 @@ def demo_cmd(c: _Ctx, input_dir: Path | None, users: int, days: int, seed: int, 
 
     run_demo(c.settings, input_dir=input_dir, users=users, days=days, seed=seed, smoke_test=smoke_test,
              keep_serving=keep_serving)
+
+
+@cli.command("report")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default: evaluation.report_dir/report.html).")
+@pass_ctx
+def report_cmd(c: _Ctx, output: Path | None) -> None:
+    """One self-contained HTML file (inline plots, works offline): segments, the CTR model's ROC
+    and calibration, churn survival by segment, recommendation quality, ROI by channel, campaign
+    comparisons with intervals and the budget allocation. A section whose inputs are missing
+    says which command builds them."""
+    from ray_apps.evaluation.report import plot_count, write_report
+
+    with progress_bar("report") as progress:
+        path, sections = write_report(c.settings, output, progress=progress)
+    for s in sections:
+        if s.missing:
+            console.print(f"[yellow]{s.title}: not available[/yellow] ({s.missing})", highlight=False)
+    console.print(f"report with {plot_count(sections)} plots written to {path}", highlight=False)
 
 
 cli.add_command(experiment_group)

@@ -465,6 +465,15 @@ class EventSettings(_Model):
     tombstone_ttl_s: float = Field(30.0, gt=0)
 
 
+class EvaluationSettings(_Model):
+    """Campaign evaluation and the report (docs/experiments.md, docs/report.md)."""
+
+    # -- an order counts for the user's last click at most this many days before it
+    attribution_window_days: int = Field(7, ge=1, le=90)
+    # -- where `pmkt report` writes its HTML file by default
+    report_dir: Path = Path("var/reports")
+
+
 class ClusterSettings(_Model):
     """How `pmkt cluster up | down | status` reaches and judges the provisioned cluster."""
 
@@ -499,6 +508,7 @@ class Settings(_Model):
     training_tables: TrainingTableSettings = TrainingTableSettings()
     offers: OfferSettings = OfferSettings()
     channels: ChannelSettings = ChannelSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     cluster: ClusterSettings = ClusterSettings()
     # -- the file these settings came from (set by load_settings)
     source: Path | None = None
@@ -563,6 +573,7 @@ def _absolutise(settings: Settings, cwd: Path) -> Settings:
                 update={"sqlite_path": fix(settings.profile_store.sqlite_path)}
             ),
             "ray": settings.ray.model_copy(update={"tune_storage": fix(settings.ray.tune_storage)}),
+            "evaluation": settings.evaluation.model_copy(update={"report_dir": fix(settings.evaluation.report_dir)}),
             "privacy": settings.privacy.model_copy(
                 update={"key_file": None if settings.privacy.key_file is None else fix(settings.privacy.key_file)}
             ),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from cluster.storage import Lake
+from cluster.errors import FailedPrecondition
+from cluster.storage import Lake, Zone
 from cluster.storage.tombstones import Tombstones
 
-__all__ = ["exclude_forgotten", "forgotten_users", "read_events", "RT_EVENTS_DIR"]
+__all__ = ["exclude_forgotten", "forgotten_users", "read_events", "read_raw", "require_raw", "RT_EVENTS_DIR"]
 
 #: Raw-zone folder of events taken in real time (ray_apps/events/intake.py writes it).
 RT_EVENTS_DIR = "events_rt"
@@ -27,6 +28,18 @@ def exclude_forgotten(df: DataFrame, lake: Lake, user_col: str = "user_id") -> D
     if gone is None:
         return df
     return df.join(gone.withColumnRenamed("user_id", user_col), on=user_col, how="left_anti")
+
+
+def require_raw(lake: Lake, *names: str) -> None:
+    """Raise FailedPrecondition naming the first raw-zone table that has not been ingested."""
+    for name in names:
+        if not lake.exists(Zone.RAW, name):
+            raise FailedPrecondition(f"the raw zone has no {name}: run `pmkt ingest DIR` first")
+
+
+def read_raw(spark: SparkSession, lake: Lake, name: str) -> DataFrame:
+    """A raw-zone table, without the users who asked to be forgotten (every build reads this way)."""
+    return exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, name)), lake)
 
 
 def read_events(spark: SparkSession, lake: Lake) -> DataFrame | None:

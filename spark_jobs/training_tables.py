@@ -45,7 +45,7 @@ from cluster.feature_io import (  # re-exported: the Spark-free half of this mod
 )
 from cluster.settings import Settings
 from cluster.storage import Lake, Zone, open_lake
-from spark_jobs.common import exclude_forgotten, read_events
+from spark_jobs.common import read_events, read_raw, require_raw
 from spark_jobs.rfm import new_run_id
 
 if TYPE_CHECKING:
@@ -571,8 +571,7 @@ def _read_raw(spark, lake: Lake, name: str) -> DataFrame:
     if not lake.exists(Zone.RAW, name):
         log.info("raw zone has no %s: using an empty table", name)
         return spark.createDataFrame([], _EMPTY_SCHEMAS[name])
-    # Users who asked to be forgotten stay out of every build.
-    return exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, name)), lake)
+    return read_raw(spark, lake, name)  # users who asked to be forgotten stay out of every build
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -620,9 +619,7 @@ def main(
 
     step = progress or (lambda _s, _f: None)
     lake = open_lake(settings)
-    for needed in ("orders", "impressions"):
-        if not lake.exists(Zone.RAW, needed):
-            raise FailedPrecondition(f"the raw zone has no {needed}: run `pmkt ingest DIR` first")
+    require_raw(lake, "orders", "impressions")
     spark = get_spark(settings, "pmkt-training-tables")
     run_id = run_id or new_run_id()
     step("reading the raw zone", 0.0)

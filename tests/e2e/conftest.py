@@ -1,5 +1,5 @@
 """The end-to-end chain, run once per session on generated data with the embedded profile:
-generate -> ingest -> RFM -> CLV -> tags -> training tables -> profiles -> Tune (segments, and
+generate -> ingest -> RFM -> CLV -> tags -> training tables -> profiles -> campaigns -> Tune (segments, and
 a smoke search of CTR, recommendations and churn) -> Serve. Each test checks one promise of it."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import start_serving
     from ray_apps.tuning import get_spec, run_tune
-    from spark_jobs import clv, ingest, profiles, rfm, tags, training_tables
+    from spark_jobs import campaigns, clv, ingest, profiles, rfm, tags, training_tables
 
     settings = settings_factory()
     data = tmp_path_factory.mktemp("slice") / "input"
@@ -32,6 +32,7 @@ def chain(settings_factory, tmp_path_factory, spark):
     tags_meta = tags.main(settings)
     tables_meta = training_tables.main(settings, inactivity_days=INACTIVITY_DAYS)
     profiles_meta = profiles.main(settings)
+    campaigns_meta = campaigns.main(settings)
     model_version = train_segments(settings)
     tuned = {name: run_tune(settings, get_spec(name), scheduler="grid", smoke_test=True).version
              for name in ("ctr", "recs", "churn")}
@@ -47,6 +48,7 @@ def chain(settings_factory, tmp_path_factory, spark):
             "tags": tags_meta,
             "tables": tables_meta,
             "profiles": profiles_meta,
+            "campaigns": campaigns_meta,
             "model": model_version,
             "tuned": tuned,
             "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8")),

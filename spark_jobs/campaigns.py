@@ -1,0 +1,106 @@
+"""Campaign results per user, campaign and channel: impressions, clicks, cost, and the orders
+the clicks led to (last-click attribution).
+
+An order counts for a click when the same user clicked within ``window_days`` before it; of
+several such clicks the latest takes the order (last click wins, ties broken by impression
+id). Only paid orders count. A click *converted* when at least one order was attributed to
+it. ``campaign_table`` is a pure transform; ``main`` reads the raw zone and writes
+``features/campaigns/run=<run_id>/`` (one row per user, campaign and channel), which
+:mod:`ray_apps.evaluation.campaigns` aggregates by channel, campaign or segment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from cluster.errors import InvalidArgument
+from cluster.settings import Settings
+from cluster.storage import Zone, open_lake
+from spark_jobs.common import read_raw, require_raw
+from spark_jobs.rfm import new_run_id
+
+__all__ = ["attribute_orders", "campaign_table", "main", "CAMPAIGN_COLUMNS", "UNKNOWN"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+#: Columns of the table ``campaign_table`` builds.
+CAMPAIGN_COLUMNS = ("user_id", "campaign_id", "channel", "impressions", "clicks", "cost", "conversions",
+                    "orders", "revenue")
+#: Stands for a missing campaign or channel (both are optional in the data contract).
+UNKNOWN = "(unknown)"
+
+
+def attribute_orders(impressions: DataFrame, orders: DataFrame, window_days: int) -> DataFrame:
+    """One row per attributed paid order: ``order_id``, ``amount`` and the click that takes it
+    (``impression_id``, ``user_id``, ``campaign_id``, ``channel``, ``click_ts``)."""
+    if window_days < 1:
+        raise InvalidArgument(f"window_days must be at least 1, got {window_days}", field="window_days")
+    clicks = impressions.where(F.col("clicked")).select(
+        "impression_id", "user_id", F.col("ts").alias("click_ts"),
+        F.coalesce("campaign_id", F.lit(UNKNOWN)).alias("campaign_id"),
+        F.coalesce("channel", F.lit(UNKNOWN)).alias("channel"))
+    paid = orders.where(F.col("status") == "paid").select("order_id", "user_id", "order_time", "amount")
+    pairs = paid.join(clicks, "user_id").where(
+        (F.col("click_ts") <= F.col("order_time"))
+        & (F.col("order_time") < F.col("click_ts") + F.expr(f"INTERVAL {int(window_days)} DAYS")))
+    latest = Window.partitionBy("order_id").orderBy(F.col("click_ts").desc(), F.col("impression_id").desc())
+    return (pairs.withColumn("_rank", F.row_number().over(latest)).where(F.col("_rank") == 1)
+            .select("order_id", "amount", "impression_id", "user_id", "campaign_id", "channel", "click_ts"))
+
+
+def campaign_table(impressions: DataFrame, orders: DataFrame, window_days: int = 7) -> DataFrame:
+    """Per user, campaign and channel: impressions, clicks, cost, converted clicks, attributed
+    orders and their revenue."""
+    shown = impressions.select(
+        "impression_id", "user_id", F.coalesce("campaign_id", F.lit(UNKNOWN)).alias("campaign_id"),
+        F.coalesce("channel", F.lit(UNKNOWN)).alias("channel"),
+        F.coalesce("cost", F.lit(0.0)).alias("cost"), F.col("clicked").cast("int").alias("clicked"))
+    keys = ["user_id", "campaign_id", "channel"]
+    exposure = shown.groupBy(keys).agg(
+        F.count("*").alias("impressions"), F.sum("clicked").cast("long").alias("clicks"),
+        F.sum("cost").alias("cost"))
+    won = attribute_orders(impressions, orders, window_days).groupBy(keys).agg(
+        F.countDistinct("impression_id").alias("conversions"), F.count("*").alias("orders"),
+        F.sum("amount").alias("revenue"))
+    return (exposure.join(won, keys, "left")
+            .fillna({"conversions": 0, "orders": 0, "revenue": 0.0})
+            .select(*CAMPAIGN_COLUMNS))
+
+
+def main(settings: Settings, *, run_id: str | None = None, window_days: int | None = None,
+         progress: Progress | None = None) -> dict:
+    """Build the campaign table from the raw zone into the lake.
+
+    Returns:
+        Run metadata: ``run_id``, ``rows``, ``window_days``, ``path`` (lake-relative).
+
+    Raises:
+        FailedPrecondition: no impressions or orders have been ingested.
+    """
+    from spark_jobs.session import get_spark
+
+    window_days = window_days or settings.evaluation.attribution_window_days
+    step = progress or (lambda _s, _f: None)
+    lake = open_lake(settings)
+    require_raw(lake, "impressions", "orders")
+    spark = get_spark(settings, "pmkt-campaigns")
+    run_id = run_id or new_run_id()
+    step("reading impressions and orders", 0.0)
+    impressions, orders = read_raw(spark, lake, "impressions"), read_raw(spark, lake, "orders")
+    step("attributing orders to clicks", 0.2)
+    table = campaign_table(impressions, orders, window_days).cache()
+    rel = f"campaigns/run={run_id}"
+    table.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    rows = table.count()
+    table.unpersist()
+    meta = {"run_id": run_id, "rows": rows, "window_days": window_days, "path": f"{Zone.FEATURES.value}/{rel}"}
+    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
+    lake.write_json(meta, Zone.FEATURES, "campaigns", "latest.json")
+    step("done", 1.0)
+    log.info("campaign table run %s: %d rows (attribution window %d days)", run_id, rows, window_days)
+    return meta
