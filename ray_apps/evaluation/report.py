@@ -179,21 +179,27 @@ def _ctr(settings: Settings, registry, lake) -> Section:
     return section
 
 
+def _user_segments(lake, segment_model) -> pd.Series:
+    """user_id -> segment name, by the segments model on the newest RFM (and CLV) features."""
+    from cluster.feature_io import load_latest
+
+    features, _ = load_latest(lake, "rfm")
+    if "clv_predicted" in getattr(segment_model, "features_", ()):
+        clv, _ = load_latest(lake, "clv", ["user_id", "clv_predicted"])
+        features = features.merge(clv, on="user_id", how="inner")
+        features["clv_predicted"] = features["clv_predicted"].fillna(0.0).clip(lower=0.0)
+    names = np.array(segment_model.names_)[segment_model.predict(features)]
+    return pd.Series(names, index=features["user_id"].to_numpy())
+
+
 def _churn(settings: Settings, registry, lake, segment_model, per_segment: int = 200) -> Section:
-    from cluster.feature_io import load_churn_frame, load_latest
+    from cluster.feature_io import load_churn_frame
 
     section = Section("Churn", "Survival: the probability that a customer is still active, by segment.")
     model, version = registry.load("churn")
     frame, _ = load_churn_frame(lake)
     active = frame[frame["churned"] == 0] if "churned" in frame else frame
-    rfm, _ = load_latest(lake, "rfm")
-    features = rfm
-    if "clv_predicted" in getattr(segment_model, "features_", ()):
-        clv, _ = load_latest(lake, "clv", ["user_id", "clv_predicted"])
-        features = rfm.merge(clv, on="user_id", how="inner")
-        features["clv_predicted"] = features["clv_predicted"].fillna(0.0).clip(lower=0.0)
-    seg_names = np.array(segment_model.names_)[segment_model.predict(features)]
-    segments = pd.Series(seg_names, index=features["user_id"].to_numpy())
+    segments = _user_segments(lake, segment_model)
     active = active.assign(segment=active["user_id"].map(segments)).dropna(subset=["segment"])
     fig, ax = _figure()
     for i, (name, group) in enumerate(sorted(active.groupby("segment"), key=lambda kv: kv[0])):
@@ -254,10 +260,16 @@ def _campaigns(settings: Settings, lake, segment_model) -> Section:
     ax.set_ylabel("revenue per unit spent")
     ax.set_title("ROI by channel")
     section.figures.append(Figure("roi-by-channel", "Channels with no recorded cost have no ROI.", _svg(fig)))
-    section.tables.append(_table(pd.DataFrame([{
-        "channel": g.group, "impressions": g.impressions, "clicks": g.clicks, "CTR": g.ctr,
-        "CTR lift": g.ctr_lift, "conversions": g.conversions, "conversion / click": g.conversion_rate,
-        "revenue": g.revenue, "cost": g.cost, "CPA": g.cpa, "ROI": g.roi} for g in channels])))
+    def metrics_table(groups, label: str) -> str:
+        return _table(pd.DataFrame([{
+            label: g.group, "impressions": g.impressions, "clicks": g.clicks, "CTR": g.ctr, "CTR lift": g.ctr_lift,
+            "conversions": g.conversions, "conversion / click": g.conversion_rate, "revenue": g.revenue,
+            "cost": g.cost, "CPA": g.cpa, "ROI": g.roi} for g in groups]))
+
+    section.tables.append(metrics_table(channels, "channel"))
+    if segment_model is not None:
+        section.tables.append(metrics_table(campaign_metrics(table, "segment", _user_segments(lake, segment_model)),
+                                            "segment"))
 
     # Each campaign's CTR against all other campaigns: a z-test per campaign, Holm over all.
     sums = table.groupby("campaign_id")[["impressions", "clicks"]].sum()
