@@ -43,6 +43,15 @@ def _int(row: dict[str, str], column: str, line: int) -> int:
                               field=column) from None
 
 
+def _float(row: dict[str, str], column: str, line: int) -> float:
+    from cluster.errors import InvalidArgument
+
+    try:
+        return float(row.get(column) or 0)
+    except ValueError:
+        raise InvalidArgument(f"line {line}: {column} must be a number, got {row[column]!r}", field=column) from None
+
+
 @click.group("experiment")
 def experiment_group() -> None:
     """A/B test statistics and channel-policy simulation (docs/experiments.md).
@@ -91,7 +100,7 @@ def conversions_cmd(arms_csv: Path, alpha: float, correction: str) -> None:
 
     rows = _rows(arms_csv, ("arm", "conversions", "trials"))
     arms = [pb.Arm(name=r["arm"], conversions=_int(r, "conversions", i + 2), trials=_int(r, "trials", i + 2),
-                   planned_weight=float(r.get("planned_weight") or 0)) for i, r in enumerate(rows)]
+                   planned_weight=_float(r, "planned_weight", i + 2)) for i, r in enumerate(rows)]
     _print(analyze_conversions(pb.AnalyzeConversionsRequest(control=arms[0], variants=arms[1:], alpha=alpha,
                                                             correction=correction)))
 

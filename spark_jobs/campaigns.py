@@ -1,9 +1,9 @@
 """Campaign results per user, campaign and channel: impressions, clicks, cost, and the orders
 the clicks led to (last-click attribution).
 
-An order counts for a click when the same user clicked within ``window_days`` before it; of
-several such clicks the latest takes the order (last click wins, ties broken by impression
-id). Only paid orders count. A click *converted* when at least one order was attributed to
+An order counts for a click when the same user clicked at most ``window_days`` before it
+(``click_ts <= order_time < click_ts + window_days``); of several such clicks the latest takes
+the order (last click wins; on a tie, the larger impression id). Only paid orders count. A click *converted* when at least one order was attributed to
 it. ``campaign_table`` is a pure transform; ``main`` reads the raw zone and writes
 ``features/campaigns/run=<run_id>/`` (one row per user, campaign and channel), which
 :mod:`ray_apps.evaluation.campaigns` aggregates by channel, campaign or segment.
@@ -84,7 +84,7 @@ def main(settings: Settings, *, run_id: str | None = None, window_days: int | No
     """
     from spark_jobs.session import get_spark
 
-    window_days = window_days or settings.evaluation.attribution_window_days
+    window_days = settings.evaluation.attribution_window_days if window_days is None else window_days
     step = progress or (lambda _s, _f: None)
     lake = open_lake(settings)
     require_raw(lake, "impressions", "orders")

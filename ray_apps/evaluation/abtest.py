@@ -43,6 +43,15 @@ def _check_alpha(alpha: float, field: str = "alpha") -> None:
         raise InvalidArgument(f"{field} must be in (0, 1), got {alpha}", field=field)
 
 
+#: The significance levels accepted: below 1e-10 the critical values leave the float range.
+MIN_ALPHA, MAX_ALPHA = 1e-10, 0.5
+
+
+def check_significance(alpha: float) -> None:
+    if not MIN_ALPHA <= alpha <= MAX_ALPHA:
+        raise InvalidArgument(f"alpha must be between {MIN_ALPHA} and {MAX_ALPHA}, got {alpha}", field="alpha")
+
+
 def _check_counts(successes: int, trials: int, arm: str) -> None:
     if trials <= 0:
         raise InvalidArgument(f"{arm} trials must be positive, got {trials}", field=f"{arm}_trials")
@@ -83,7 +92,7 @@ def two_proportion_ztest(control_conversions: int, control_trials: int, variant_
     """
     _check_counts(control_conversions, control_trials, "control")
     _check_counts(variant_conversions, variant_trials, "variant")
-    _check_alpha(alpha)
+    check_significance(alpha)
     p1, p2 = control_conversions / control_trials, variant_conversions / variant_trials
     pooled = (control_conversions + variant_conversions) / (control_trials + variant_trials)
     se0 = math.sqrt(pooled * (1 - pooled) * (1 / control_trials + 1 / variant_trials))
@@ -117,12 +126,12 @@ def welch_ttest(control: Sequence[float], variant: Sequence[float], *, alpha: fl
             raise InvalidArgument(f"{name} needs at least 2 observations, got {arr.size}", field=name)
         if not np.all(np.isfinite(arr)):
             raise InvalidArgument(f"{name} holds a value that is not a finite number", field=name)
-    _check_alpha(alpha)
+    check_significance(alpha)
     with np.errstate(all="ignore"):
         va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
         diff = float(b.mean() - a.mean())
         df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-    if not all(math.isfinite(x) for x in (va, vb, diff)):
+    if not all(math.isfinite(x) for x in (va, vb, diff, df if va + vb > 0 else 0.0)):
         raise InvalidArgument("values are too large to compare (their variance overflows)", field="variant")
     se = math.sqrt(va + vb)
     if se == 0:
@@ -150,17 +159,42 @@ def sample_size_proportions(baseline_rate: float, variant_rate: float, *, alpha:
     """
     _check_rate(baseline_rate, "baseline_rate")
     _check_rate(variant_rate, "variant_rate")
-    _check_alpha(alpha)
+    check_significance(alpha)
     _check_alpha(power, "power")
     if baseline_rate == variant_rate:
         raise InvalidArgument("variant_rate must differ from baseline_rate", field="variant_rate")
     if not (0 < ratio < math.inf):
         raise InvalidArgument("ratio must be a positive number", field="ratio")
-    h = abs(_cohens_h(baseline_rate, variant_rate))
+    if power <= alpha:
+        raise InvalidArgument(f"power ({power}) must be above alpha ({alpha})", field="power")
+    h = _directed_h(baseline_rate, variant_rate, alternative)
     a = alpha / 2 if alternative == "two-sided" else alpha
     z = stats.norm.ppf(1 - a) + stats.norm.ppf(power)
     n1 = (z / h) ** 2 * (1 + 1 / ratio)
+    if not n1 * max(1.0, ratio) < MAX_USERS:
+        raise InvalidArgument(f"detecting {baseline_rate} -> {variant_rate} needs more than {MAX_USERS:.0e} users "
+                              "per arm", field="variant_rate")
     return math.ceil(n1), math.ceil(n1 * ratio)
+
+
+#: The largest arm sample_size_proportions answers with (an int64 field over the API).
+MAX_USERS = 1e12
+
+
+def _directed_h(baseline_rate: float, variant_rate: float, alternative: str) -> float:
+    """Cohen's h of the change, positive in the direction the alternative tests; a one-sided
+    test of the other direction is refused (it could never detect the change)."""
+    h = _cohens_h(baseline_rate, variant_rate)
+    if alternative == "two-sided":
+        return abs(h)
+    if alternative not in ALTERNATIVES:
+        raise InvalidArgument(f"alternative must be one of {', '.join(ALTERNATIVES)}", field="alternative")
+    signed = h if alternative == "larger" else -h
+    if signed <= 0:
+        side = "above" if alternative == "larger" else "below"
+        raise InvalidArgument(f"alternative {alternative!r} tests for variant_rate {side} baseline_rate",
+                              field="variant_rate")
+    return signed
 
 
 def power_proportions(baseline_rate: float, variant_rate: float, control_trials: int, *, alpha: float = 0.05,
@@ -168,17 +202,20 @@ def power_proportions(baseline_rate: float, variant_rate: float, control_trials:
     """Probability of a significant result with ``control_trials`` control users."""
     _check_rate(baseline_rate, "baseline_rate")
     _check_rate(variant_rate, "variant_rate")
-    _check_alpha(alpha)
+    check_significance(alpha)
     if control_trials <= 0:
         raise InvalidArgument("control_trials must be positive", field="control_trials")
     if not (0 < ratio < math.inf):
         raise InvalidArgument("ratio must be a positive number", field="ratio")
-    h = abs(_cohens_h(baseline_rate, variant_rate))
+    h = _cohens_h(baseline_rate, variant_rate)
     shift = h * math.sqrt(control_trials / (1 + 1 / ratio))
     if alternative == "two-sided":
         crit = stats.norm.ppf(1 - alpha / 2)
-        return float(stats.norm.sf(crit - shift) + stats.norm.cdf(-crit - shift))
-    return float(stats.norm.sf(stats.norm.ppf(1 - alpha) - shift))
+        return float(stats.norm.sf(crit - abs(shift)) + stats.norm.cdf(-crit - abs(shift)))
+    if alternative not in ALTERNATIVES:
+        raise InvalidArgument(f"alternative must be one of {', '.join(ALTERNATIVES)}", field="alternative")
+    # One-sided: the power against the change as it is (tiny when it goes the other way).
+    return float(stats.norm.sf(stats.norm.ppf(1 - alpha) - (shift if alternative == "larger" else -shift)))
 
 
 @dataclass(frozen=True)
@@ -214,7 +251,7 @@ def msprt_proportions(control_conversions: Sequence[int], control_trials: Sequen
     if looks == 0 or not (len(control_conversions) == len(variant_conversions) == len(variant_trials) == looks):
         raise InvalidArgument("give the same number (at least 1) of cumulative counts per look for each arm",
                               field="looks")
-    _check_alpha(alpha)
+    check_significance(alpha)
     for i in range(looks):
         _check_counts(control_conversions[i], control_trials[i], "control")
         _check_counts(variant_conversions[i], variant_trials[i], "variant")
@@ -225,21 +262,32 @@ def msprt_proportions(control_conversions: Sequence[int], control_trials: Sequen
     c2, n2 = np.asarray(variant_conversions, float), np.asarray(variant_trials, float)
     pooled = (c1 + c2) / (n1 + n2)
     if mixture_sd is None:
-        mixture_sd = max(0.1 * float(pooled[0]), 1e-4)
-    if not (0 < mixture_sd < math.inf):
-        raise InvalidArgument("mixture_sd must be a positive number", field="mixture_sd")
+        # A tenth of the rate at the first look that saw a conversion (an early hour may have none).
+        seen = pooled[pooled > 0]
+        mixture_sd = max(0.1 * float(seen[0]), 1e-4) if seen.size else 1e-4
+    if not (MIN_MIXTURE_SD <= mixture_sd <= 1):
+        raise InvalidArgument(f"mixture_sd must be between {MIN_MIXTURE_SD} and 1 (a difference of rates)",
+                              field="mixture_sd")
     tau2 = mixture_sd ** 2
     d = c2 / n2 - c1 / n1
-    v = np.maximum(pooled * (1 - pooled), 1e-12) * (1 / n1 + 1 / n2)
-    log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * d ** 2 / (2 * v * (v + tau2))
+    informative = pooled * (1 - pooled) > 0  # a look with no conversions (or only) says nothing
+    v = np.where(informative, pooled * (1 - pooled), 1.0) * (1 / n1 + 1 / n2)
+    log_lr = np.where(informative, 0.5 * np.log(v / (v + tau2)) + tau2 * d ** 2 / (2 * v * (v + tau2)), 0.0)
     lr = np.exp(np.minimum(log_lr, 700))
     p = np.minimum.accumulate(np.minimum(1.0, 1.0 / lr))
     hits = np.nonzero(p <= alpha)[0]
-    # Confidence sequence: the differences the test would not reject at the last look.
-    vl, dl = float(v[-1]), float(d[-1])
-    half = math.sqrt(vl * (vl + tau2) / tau2 * (2 * math.log(1 / alpha) + math.log((vl + tau2) / vl)))
+    # Confidence sequence: at each look, the differences the test would not reject; the running
+    # intersection over looks is valid at every look, as the running minimum of p is.
+    half = np.sqrt(v * (v + tau2) / tau2 * (2 * math.log(1 / alpha) + np.log((v + tau2) / v)))
+    low = np.where(informative, d - half, -1.0)
+    high = np.where(informative, d + half, 1.0)
+    ci_low, ci_high = float(max(-1.0, np.max(low))), float(min(1.0, np.min(high)))
     return SequentialResult([float(x) for x in p], [float(x) for x in lr], int(hits[0]) if hits.size else None,
-                            alpha, float(mixture_sd), dl, dl - half, dl + half)
+                            alpha, float(mixture_sd), float(d[-1]), ci_low, ci_high)
+
+
+#: Smallest mixture_sd accepted (below it tau^2 underflows the likelihood ratio).
+MIN_MIXTURE_SD = 1e-6
 
 
 @dataclass(frozen=True)
@@ -268,10 +316,13 @@ def cuped(control: Sequence[float], variant: Sequence[float], control_pre: Seque
         if not np.all(np.isfinite(arr)):
             raise InvalidArgument(f"{name} holds a value that is not a finite number", field=name)
     y, x = np.concatenate([y1, y2]), np.concatenate([x1, x2])
-    vx = x.var(ddof=1)
-    if not np.isfinite(vx) or vx == 0:
+    with np.errstate(all="ignore"):
+        vx = x.var(ddof=1)
+        theta = float(np.cov(y, x, ddof=1)[0, 1] / vx) if vx > 0 else 0.0
+    if not (np.isfinite(vx) and math.isfinite(theta)):
+        raise InvalidArgument("values are too large to compare (their variance overflows)", field="control_pre")
+    if vx == 0:
         raise InvalidArgument("the pre-period metric is constant: it cannot explain anything", field="control_pre")
-    theta = float(np.cov(y, x, ddof=1)[0, 1] / vx)
     mx = x.mean()
     a1, a2 = y1 - theta * (x1 - mx), y2 - theta * (x2 - mx)
     raw = np.concatenate([y1 - y1.mean(), y2 - y2.mean()]).var()
@@ -293,12 +344,13 @@ def sample_ratio_mismatch(counts: Sequence[int], planned: Sequence[float] | None
     """Chi-square goodness of fit of the users per arm against the planned split (equal by
     default). A small threshold (0.001) is customary: SRM checks run on every experiment."""
     obs = np.asarray(counts, float)
-    if obs.size < 2 or np.any(obs < 0) or obs.sum() == 0:
+    if obs.size < 2 or not np.all(np.isfinite(obs)) or np.any(obs < 0) or obs.sum() == 0:
         raise InvalidArgument("counts needs two or more non-negative arm sizes, not all zero", field="counts")
     weights = np.ones_like(obs) if planned is None else np.asarray(planned, float)
-    if weights.shape != obs.shape or np.any(weights <= 0):
+    if weights.shape != obs.shape or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
         raise InvalidArgument("planned must give one positive weight per arm", field="planned")
-    expected = obs.sum() * weights / weights.sum()
+    shares = weights / weights.max()  # scaled first: a sum of huge weights would overflow
+    expected = obs.sum() * shares / shares.sum()
     chi2 = float(((obs - expected) ** 2 / expected).sum())
     p = float(stats.chi2.sf(chi2, obs.size - 1))
     return SrmResult([int(c) for c in counts], [float(e) for e in expected], chi2, p, p < threshold)

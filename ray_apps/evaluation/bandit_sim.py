@@ -145,6 +145,8 @@ def simulate(arms: Sequence[Arm], *, contacts: int = 10_000, policies: Sequence[
     _check_arms(arms)
     if contacts < 1:
         raise InvalidArgument("contacts must be at least 1", field="contacts")
+    if checkpoints < 1:
+        raise InvalidArgument("checkpoints must be at least 1", field="checkpoints")
     rates = np.array([a.rate for a in arms])
     value = np.array([a.value for a in arms])
     cost = np.array([a.cost for a in arms])

@@ -6,7 +6,7 @@ conversion rate per click, attributed orders and revenue, cost, cost per acquisi
 ROI. **ROI is revenue per currency unit spent** (the convention of the budget optimiser and
 of the article: an ROI of 3.2 returns 3.2 per 1 spent); it is ``None`` where nothing was spent
 (free channels, or cost not delivered), rather than infinite. CPA is ``None`` without a
-conversion.
+conversion or without cost.
 """
 
 from __future__ import annotations

@@ -56,8 +56,7 @@ def _parse_error_field(text: str) -> str:
 
 def _alpha(value: float) -> float:
     alpha = value or 0.05
-    if not 0 < alpha < 1:
-        raise InvalidArgument(f"alpha must be in (0, 1), got {value}", field="alpha")
+    abtest.check_significance(alpha)
     return alpha
 
 
@@ -135,6 +134,28 @@ def _mean_result(t: abtest.MeanTest) -> pb.MeanResult:
                          significant=t.significant)
 
 
+def _finite(message: Any, field: str) -> Any:
+    """``message`` unless a number in it is NaN or infinite (inputs near the float range can
+    overflow inside a statistic): that is the caller's values, not a server error."""
+    from google.protobuf.json_format import MessageToDict
+
+    def numbers(node: Any):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from numbers(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from numbers(v)
+        elif isinstance(node, float):
+            yield node
+        elif node in ("NaN", "Infinity", "-Infinity"):
+            yield float(node.replace("Infinity", "inf"))
+
+    if not all(math.isfinite(x) for x in numbers(MessageToDict(message))):
+        raise InvalidArgument(f"{field}: values too large for the statistic (it overflows)", field=field)
+    return message
+
+
 def compare_means(request: pb.CompareMeansRequest) -> pb.CompareMeansResponse:
     for name in ("control", "variant", "control_pre", "variant_pre"):
         if len(getattr(request, name)) > MAX_VALUES:
@@ -151,7 +172,7 @@ def compare_means(request: pb.CompareMeansRequest) -> pb.CompareMeansResponse:
         response.cuped.CopyFrom(_mean_result(adj.test))
         response.variance_reduction = adj.variance_reduction
         response.theta = adj.theta
-    return response
+    return _finite(response, "variant")
 
 
 def sequential_test(request: pb.SequentialTestRequest) -> pb.SequentialTestResponse:

@@ -86,9 +86,25 @@ def test_power_calculator_refuses_nonsense():
     with pytest.raises(InvalidArgument) as err:
         sample_size_proportions(0.1, 0.1)
     assert err.value.field == "variant_rate"
-    with pytest.raises(InvalidArgument) as err:
-        sample_size_proportions(0.1, 0.2, power=1.2)
-    assert err.value.field == "power"
+    for power in (1.2, 0.04):  # not a probability; not above alpha
+        with pytest.raises(InvalidArgument) as err:
+            sample_size_proportions(0.1, 0.2, power=power)
+        assert err.value.field == "power"
+    with pytest.raises(InvalidArgument) as err:  # a one-sided test of the other direction
+        sample_size_proportions(0.12, 0.10, alternative="larger")
+    assert err.value.field == "variant_rate"
+    with pytest.raises(InvalidArgument) as err:  # undetectable: more users than an int64 API field takes
+        sample_size_proportions(0.5, 0.5 + 1e-12)
+    assert err.value.field == "variant_rate"
+
+
+def test_one_sided_power_against_a_change_the_other_way_is_tiny_as_in_statsmodels():
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    got = power_proportions(0.12, 0.10, 3_000, alternative="larger")
+    ref = NormalIndPower().power(proportion_effectsize(0.10, 0.12), 3_000, 0.05, ratio=1.0, alternative="larger")
+    assert got == pytest.approx(ref, rel=1e-6) and got < 0.001
 
 
 def _null_runs(runs: int, looks: int, per_look: int, rate: float, seed: int):
@@ -125,10 +141,42 @@ def test_msprt_detects_a_real_lift_and_its_p_values_never_rise():
     got = msprt_proportions(c, n, v, n)
     assert got.rejected_at is not None
     assert all(a >= b for a, b in zip(got.p_values, got.p_values[1:]))
-    assert got.ci_low > 0 and got.ci_low < got.difference < got.ci_high
+    # The confidence sequence (running intersection over looks) excludes 0 once H0 is rejected.
+    assert got.ci_low > 0
     with pytest.raises(InvalidArgument) as err:
         msprt_proportions([5, 4], [100, 90], [5, 6], [100, 200])
     assert err.value.field == "looks"
+    for bad in (1e-170, 1e200):
+        with pytest.raises(InvalidArgument) as err:
+            msprt_proportions(c, n, v, n, mixture_sd=bad)
+        assert err.value.field == "mixture_sd"
+
+
+def test_msprt_defaults_do_not_depend_on_an_empty_first_look():
+    """A first hour without conversions must not tune the test to a tiny effect: a large
+    lift (5 % -> 6 % on 100,000 users per arm, z about 10) is detected either way."""
+    looks = np.arange(1, 101)
+    n = 1_000 * looks
+    c, v = (0.05 * n).astype(int), (0.06 * n).astype(int)
+    c[0] = v[0] = 0
+    got = msprt_proportions(c, n, v, n)
+    assert got.rejected_at is not None and got.rejected_at < 50
+    assert got.mixture_sd == pytest.approx(0.1 * (c[1] + v[1]) / (2 * n[1]))
+
+
+def test_msprt_confidence_sequence_covers_the_true_difference():
+    """Under a true difference of +1 point, the final running-intersection interval holds it in
+    at least 1 - alpha of the runs (it is valid at every look, so at the last one too)."""
+    rng = np.random.default_rng(21)
+    runs, looks, per = 400, 100, 300
+    covered = 0
+    for _ in range(runs):
+        c = rng.binomial(per, 0.05, looks).cumsum()
+        v = rng.binomial(per, 0.06, looks).cumsum()
+        n = per * np.arange(1, looks + 1)
+        got = msprt_proportions(c, n, v, n)
+        covered += got.ci_low <= 0.01 <= got.ci_high
+    assert covered / runs >= 0.95 - 3 * np.sqrt(0.05 * 0.95 / runs)
 
 
 def test_cuped_keeps_the_effect_and_removes_the_explained_variance():

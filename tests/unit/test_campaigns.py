@@ -41,6 +41,21 @@ def test_each_paid_order_goes_to_the_last_click_within_the_window(frames):
     assert got == {"o1": "i2", "o2": "i2", "o4": "i4"}
 
 
+def test_window_edges_and_ties(spark):
+    impressions = spark.createDataFrame([
+        ("a", "u1", _t(1), "c1", "sms", 0.0, True),
+        ("b", "u1", _t(1), "c2", "push", 0.0, True),  # same second as a: the larger id wins
+        ("c", "u2", _t(1), "c1", "sms", 0.0, True),
+    ], "impression_id string, user_id string, ts timestamp, campaign_id string, channel string, "
+       "cost double, clicked boolean")
+    orders = spark.createDataFrame([
+        ("o1", "u1", _t(1), 10.0, "paid"),   # at the click's own second: counts
+        ("o2", "u2", _t(8), 10.0, "paid"),   # exactly 7 days after: outside [click, click + 7 days)
+    ], "order_id string, user_id string, order_time timestamp, amount double, status string")
+    got = {r.order_id: r.impression_id for r in attribute_orders(impressions, orders, window_days=7).collect()}
+    assert got == {"o1": "b"}
+
+
 def test_the_table_counts_clicks_conversions_orders_revenue_and_cost(frames):
     rows = {(r.user_id, r.campaign_id, r.channel): r.asDict() for r in campaign_table(*frames).collect()}
     u1_push = rows[("u1", "c2", "push")]
