@@ -34,7 +34,7 @@ import pandas as pd
 from cluster.errors import FailedPrecondition, NotFound
 from cluster.settings import Settings
 
-__all__ = ["PLOT_IDS", "Section", "build_report", "plot_count", "render_html", "write_report"]
+__all__ = ["PLOT_IDS", "Section", "build_report", "mean_survival", "plot_count", "render_html", "write_report"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -192,6 +192,21 @@ def _user_segments(lake, segment_model) -> pd.Series:
     return pd.Series(names, index=features["user_id"].to_numpy())
 
 
+def mean_survival(curves: list[list[list[float]]], step: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of survival curves ``[[day, S(day)], ...]`` on a common grid of days.
+
+    Curves end at different days (each user's horizon depends on their tenure), so the mean
+    is taken where every curve is defined: from day 0 to the shortest curve's last day, each
+    curve interpolated between its own points.
+    """
+    if not curves or any(not c for c in curves):
+        raise FailedPrecondition("no survival curves to average")
+    last = min(c[-1][0] for c in curves)
+    days = np.unique(np.append(np.arange(0, last + 1, step), last)).astype(float)
+    values = [np.interp(days, [d for d, _ in c], [s for _, s in c]) for c in curves]
+    return days, np.mean(values, axis=0)
+
+
 def _churn(settings: Settings, registry, lake, segment_model, per_segment: int = 200) -> Section:
     from cluster.feature_io import load_churn_frame
 
@@ -204,9 +219,7 @@ def _churn(settings: Settings, registry, lake, segment_model, per_segment: int =
     fig, ax = _figure()
     for i, (name, group) in enumerate(sorted(active.groupby("segment"), key=lambda kv: kv[0])):
         sample = group.sample(n=min(per_segment, len(group)), random_state=1)
-        curves = model.predict_users(sample, curve_step_days=7)
-        days = [d for d, _ in curves[0]["survival"]]
-        mean = np.mean([[s for _, s in c["survival"]] for c in curves], axis=0)
+        days, mean = mean_survival([c["survival"] for c in model.predict_users(sample, curve_step_days=7)])
         ax.plot(days, mean, color=_PALETTE[i % len(_PALETTE)], label=f"{name} (n={len(sample)})")
     ax.set_xlabel("days from today")
     ax.set_ylabel("P(still active)")

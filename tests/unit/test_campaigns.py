@@ -108,3 +108,15 @@ def test_the_report_says_what_to_run_when_inputs_are_missing(settings_factory, t
         assert command in hints
     html = path.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and html.count('class="missing"') == len(sections)
+
+
+def test_survival_curves_of_different_horizons_average_where_all_are_defined():
+    import numpy as np
+
+    from ray_apps.evaluation.report import mean_survival
+
+    long = [[0, 1.0], [7, 0.9], [14, 0.8], [21, 0.7]]
+    short = [[0, 1.0], [7, 0.5], [10, 0.4]]
+    days, mean = mean_survival([long, short])
+    assert days.tolist() == [0.0, 7.0, 10.0]
+    assert np.allclose(mean, [1.0, 0.7, (0.9 - 0.1 * 3 / 7 + 0.4) / 2])
