@@ -38,9 +38,9 @@ __all__ = [
 ALTERNATIVES = ("two-sided", "larger", "smaller")
 
 
-def _check_alpha(alpha: float, field: str = "alpha") -> None:
-    if not 0 < alpha < 1:
-        raise InvalidArgument(f"{field} must be in (0, 1), got {alpha}", field=field)
+def _check_probability(value: float, field: str) -> None:
+    if not 0 < value < 1:
+        raise InvalidArgument(f"{field} must be in (0, 1), got {value}", field=field)
 
 
 #: The significance levels accepted: below 1e-10 the critical values leave the float range.
@@ -160,7 +160,7 @@ def sample_size_proportions(baseline_rate: float, variant_rate: float, *, alpha:
     _check_rate(baseline_rate, "baseline_rate")
     _check_rate(variant_rate, "variant_rate")
     check_significance(alpha)
-    _check_alpha(power, "power")
+    _check_probability(power, "power")
     if baseline_rate == variant_rate:
         raise InvalidArgument("variant_rate must differ from baseline_rate", field="variant_rate")
     if not (0 < ratio < math.inf):
@@ -300,7 +300,7 @@ class CupedResult:
 
 
 def cuped(control: Sequence[float], variant: Sequence[float], control_pre: Sequence[float],
-          variant_pre: Sequence[float], *, alpha: float = 0.05) -> CupedResult:
+          variant_pre: Sequence[float], *, alpha: float = 0.05, alternative: str = "two-sided") -> CupedResult:
     """CUPED: ``Y - theta (X - mean X)`` with the pre-period metric ``X`` of the same users.
 
     The adjusted difference has the same expectation as the raw one (assignment is
@@ -327,7 +327,8 @@ def cuped(control: Sequence[float], variant: Sequence[float], control_pre: Seque
     a1, a2 = y1 - theta * (x1 - mx), y2 - theta * (x2 - mx)
     raw = np.concatenate([y1 - y1.mean(), y2 - y2.mean()]).var()
     adj = np.concatenate([a1 - a1.mean(), a2 - a2.mean()]).var()
-    return CupedResult(theta, float(1 - adj / raw) if raw > 0 else 0.0, a1, a2, welch_ttest(a1, a2, alpha=alpha))
+    return CupedResult(theta, float(1 - adj / raw) if raw > 0 else 0.0, a1, a2,
+                       welch_ttest(a1, a2, alpha=alpha, alternative=alternative))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ reads back.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import logging
@@ -89,7 +90,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 # -- sections ------------------------------------------------------------------------------------
 
-def _segments(settings: Settings, registry) -> tuple[Section, Any]:
+def _segments(registry) -> tuple[Section, Any]:
     section = Section("Customer segments", "K-means on log RFM and predicted CLV; k chosen by silhouette.")
     model, version = registry.load("segments")
     rows = model.describe()
@@ -142,7 +143,7 @@ def _segments(settings: Settings, registry) -> tuple[Section, Any]:
     return section, model
 
 
-def _ctr(settings: Settings, registry, lake) -> Section:
+def _ctr(registry, lake) -> Section:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from cluster.feature_io import load_ctr_matrix
@@ -207,14 +208,14 @@ def mean_survival(curves: list[list[list[float]]], step: int = 7) -> tuple[np.nd
     return days, np.mean(values, axis=0)
 
 
-def _churn(settings: Settings, registry, lake, segment_model, per_segment: int = 200) -> Section:
+def _churn(registry, lake, user_segments: Callable[[], pd.Series], per_segment: int = 200) -> Section:
     from cluster.feature_io import load_churn_frame
 
     section = Section("Churn", "Survival: the probability that a customer is still active, by segment.")
     model, version = registry.load("churn")
     frame, _ = load_churn_frame(lake)
     active = frame[frame["churned"] == 0] if "churned" in frame else frame
-    segments = _user_segments(lake, segment_model)
+    segments = user_segments()
     active = active.assign(segment=active["user_id"].map(segments)).dropna(subset=["segment"])
     fig, ax = _figure()
     for i, (name, group) in enumerate(sorted(active.groupby("segment"), key=lambda kv: kv[0])):
@@ -249,7 +250,7 @@ def _recs(registry) -> Section:
     return section
 
 
-def _campaigns(settings: Settings, lake, segment_model) -> Section:
+def _campaigns(settings: Settings, lake, user_segments: Callable[[], pd.Series] | None) -> Section:
     from cluster.feature_io import load_latest
     from ray_apps.budget import Channel, optimize_budget
     from ray_apps.evaluation.abtest import adjust_pvalues, two_proportion_ztest
@@ -280,9 +281,8 @@ def _campaigns(settings: Settings, lake, segment_model) -> Section:
             "cost": g.cost, "CPA": g.cpa, "ROI": g.roi} for g in groups]))
 
     section.tables.append(metrics_table(channels, "channel"))
-    if segment_model is not None:
-        section.tables.append(metrics_table(campaign_metrics(table, "segment", _user_segments(lake, segment_model)),
-                                            "segment"))
+    if user_segments is not None:
+        section.tables.append(metrics_table(campaign_metrics(table, "segment", user_segments()), "segment"))
 
     # Each campaign's CTR against all other campaigns: a z-test per campaign, Holm over all.
     sums = table.groupby("campaign_id")[["impressions", "clicks"]].sum()
@@ -336,7 +336,6 @@ def build_report(settings: Settings, progress: Progress | None = None) -> list[S
     lake = open_lake(settings)
     registry = ModelRegistry(lake)
     sections: list[Section] = []
-    segment_model = None
 
     def attempt(title: str, hint: str, fn: Callable[[], Section | tuple[Section, Any]]) -> Any:
         try:
@@ -349,20 +348,21 @@ def build_report(settings: Settings, progress: Progress | None = None) -> list[S
         return extra
 
     step("segments", 0.0)
-    segment_model = attempt("Customer segments", "run `pmkt tune segments`", lambda: _segments(settings, registry))
+    segment_model = attempt("Customer segments", "run `pmkt tune segments`", lambda: _segments(registry))
+    # Every user's segment, computed once for the sections that group by it.
+    user_segments = None if segment_model is None else functools.cache(lambda: _user_segments(lake, segment_model))
     step("ctr", 0.2)
-    attempt("Click-through rate model", "run `pmkt features tables` and `pmkt tune ctr`",
-            lambda: _ctr(settings, registry, lake))
+    attempt("Click-through rate model", "run `pmkt features tables` and `pmkt tune ctr`", lambda: _ctr(registry, lake))
     step("churn", 0.4)
-    if segment_model is None:
+    if user_segments is None:
         sections.append(Section("Churn", missing="survival by segment needs a segments model (run `pmkt tune segments`)"))
     else:
         attempt("Churn", "run `pmkt features tables` and `pmkt tune churn`",
-                lambda: _churn(settings, registry, lake, segment_model))
+                lambda: _churn(registry, lake, user_segments))
     step("recommendations", 0.6)
     attempt("Recommendations", "run `pmkt tune recs`", lambda: _recs(registry))
     step("campaigns", 0.8)
-    attempt("Campaigns and budget", "run `pmkt features campaigns`", lambda: _campaigns(settings, lake, segment_model))
+    attempt("Campaigns and budget", "run `pmkt features campaigns`", lambda: _campaigns(settings, lake, user_segments))
     step("done", 1.0)
     return sections
 

@@ -164,11 +164,8 @@ def compare_means(request: pb.CompareMeansRequest) -> pb.CompareMeansResponse:
     raw = abtest.welch_ttest(request.control, request.variant, alpha=alpha, alternative=alt)
     response = pb.CompareMeansResponse(raw=_mean_result(raw))
     if request.control_pre or request.variant_pre:
-        adj = abtest.cuped(request.control, request.variant, request.control_pre, request.variant_pre, alpha=alpha)
-        if alt != "two-sided":
-            adj = abtest.CupedResult(adj.theta, adj.variance_reduction, adj.control_adjusted, adj.variant_adjusted,
-                                     abtest.welch_ttest(adj.control_adjusted, adj.variant_adjusted, alpha=alpha,
-                                                        alternative=alt))
+        adj = abtest.cuped(request.control, request.variant, request.control_pre, request.variant_pre, alpha=alpha,
+                           alternative=alt)
         response.cuped.CopyFrom(_mean_result(adj.test))
         response.variance_reduction = adj.variance_reduction
         response.theta = adj.theta
