@@ -33,23 +33,18 @@ def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
-def _int(row: dict[str, str], column: str, line: int) -> int:
+def _number(row: dict[str, str], column: str, line: int, parse: type = int, default: float | None = None):
+    """``row[column]`` as ``parse`` (int or float); an empty optional cell is ``default``."""
     from cluster.errors import InvalidArgument
 
+    text = row.get(column)
+    if not text and default is not None:
+        return default
     try:
-        return int(row[column])
+        return parse(text)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"line {line}: {column} must be a whole number, got {row[column]!r}",
-                              field=column) from None
-
-
-def _float(row: dict[str, str], column: str, line: int) -> float:
-    from cluster.errors import InvalidArgument
-
-    try:
-        return float(row.get(column) or 0)
-    except ValueError:
-        raise InvalidArgument(f"line {line}: {column} must be a number, got {row[column]!r}", field=column) from None
+        what = "a whole number" if parse is int else "a number"
+        raise InvalidArgument(f"line {line}: {column} must be {what}, got {text!r}", field=column) from None
 
 
 @click.group("experiment")
@@ -99,8 +94,8 @@ def conversions_cmd(arms_csv: Path, alpha: float, correction: str) -> None:
     from ray_apps.evaluation.service import analyze_conversions
 
     rows = _rows(arms_csv, ("arm", "conversions", "trials"))
-    arms = [pb.Arm(name=r["arm"], conversions=_int(r, "conversions", i + 2), trials=_int(r, "trials", i + 2),
-                   planned_weight=_float(r, "planned_weight", i + 2)) for i, r in enumerate(rows)]
+    arms = [pb.Arm(name=r["arm"], conversions=_number(r, "conversions", i + 2), trials=_number(r, "trials", i + 2),
+                   planned_weight=_number(r, "planned_weight", i + 2, float, 0.0)) for i, r in enumerate(rows)]
     _print(analyze_conversions(pb.AnalyzeConversionsRequest(control=arms[0], variants=arms[1:], alpha=alpha,
                                                             correction=correction)))
 
@@ -121,7 +116,7 @@ def sequential_cmd(looks_csv: Path, alpha: float, mixture_sd: float) -> None:
 
     cols = ("control_conversions", "control_trials", "variant_conversions", "variant_trials")
     rows = _rows(looks_csv, cols)
-    looks = [pb.Look(**{c: _int(r, c, i + 2) for c in cols}) for i, r in enumerate(rows)]
+    looks = [pb.Look(**{c: _number(r, c, i + 2) for c in cols}) for i, r in enumerate(rows)]
     _print(sequential_test(pb.SequentialTestRequest(looks=looks, alpha=alpha, mixture_sd=mixture_sd)))
 
 
