@@ -128,7 +128,7 @@ def run_demo(
 
 
 #: The families the demo tunes after segments, each with the scheduler it uses.
-DEMO_FAMILIES = (("ctr", "asha"), ("recs", "grid"), ("churn", "grid"))
+DEMO_FAMILIES = (("ctr", "asha"), ("recs", "grid"), ("churn", "grid"), ("attributes", "grid"), ("demand", "grid"))
 
 
 def _tune_families(settings: Settings, smoke_test: bool, timed) -> dict:
@@ -156,7 +156,8 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import deploy, start_serving, wait_for_model
     from ray_apps.evaluation.report import write_report
-    from spark_jobs import campaigns, clv, ingest, profiles, rfm, tags, training_tables
+    from ray_apps.attributes.predict import predict_and_store
+    from spark_jobs import attributes, campaigns, clv, demand, funnels, ingest, profiles, rfm, tags, training_tables
     from spark_jobs.session import stop_spark
 
     if input_dir is None:
@@ -181,11 +182,21 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
         profiles_meta = timed("profiles", profiles.main, settings, progress=progress)
     with progress_bar("campaigns") as progress:
         timed("campaigns", campaigns.main, settings, progress=progress)
+    with progress_bar("funnels") as progress:
+        funnels_meta = timed("funnels", funnels.main, settings, progress=progress)
+    with progress_bar("demand") as progress:
+        demand_meta = timed("demand", demand.main, settings, progress=progress)
+    with progress_bar("attribute features") as progress:
+        timed("attribute features", attributes.main, settings, progress=progress)
     sample_users = _sample_users(settings, rfm_meta)
     stop_spark()  # frees the driver JVM before Ray starts
     with progress_bar("tune segments") as progress:
         model = timed("tune segments", train_segments, settings, smoke_test=smoke_test, progress=progress)
     tuned = _tune_families(settings, smoke_test, timed)
+    predicted = None
+    if not isinstance(tuned.get("attributes"), str):
+        with progress_bar("predict attributes") as progress:
+            predicted = timed("predict attributes", predict_and_store, settings, progress=progress)
     with progress_bar("serve") as progress:
         if settings.ray.address == "local":
             progress("starting Ray Serve (gRPC + HTTP)", 0.1)
@@ -200,12 +211,24 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
         progress("application healthy", 1.0)
     calls = timed("api calls", call_api, settings, sample_users)
     calls["profile"], calls["events"] = timed("profile + events", _profile_and_events, settings, sample_users[0])
-    calls["services"] = timed("decision services", call_services, settings, sample_users[0], _sample_ad(settings))
+    calls["services"] = timed("decision services", call_services, settings, sample_users[0], _sample_ad(settings),
+                              _top_category(settings))
     with progress_bar("report") as progress:
         html_path, sections = timed("report", write_report, settings, progress=progress)
     return {"report": report, "rfm": rfm_meta, "clv": clv_meta, "tags": tags_meta, "profiles": profiles_meta,
-            "tables": tables_meta, "model": model, "tuned": tuned, "calls": calls,
+            "tables": tables_meta, "model": model, "tuned": tuned, "calls": calls, "funnels": funnels_meta,
+            "demand": demand_meta, "predicted": predicted,
             "html": {"path": html_path, "sections": sections}}
+
+
+def _top_category(settings: Settings) -> str | None:
+    """The category with the most paid orders in the demand table (the pricing calls' example)."""
+    from cluster.feature_io import load_latest
+    from cluster.storage import open_lake
+
+    table, _ = load_latest(open_lake(settings), "demand", ["category", "orders"])
+    totals = table.groupby("category")["orders"].sum()
+    return str(totals.idxmax()) if len(totals) else None
 
 
 def _profile_and_events(settings: Settings, user_id: str):

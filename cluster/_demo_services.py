@@ -35,8 +35,10 @@ def _served(call: Callable[[], T], wait_s: float) -> T:
             time.sleep(1.0)
 
 
-def call_services(settings: Settings, user_id: str, ad: dict[str, Any]) -> dict[str, Any]:
-    """Call CTR, recommendations, churn, offers, budget and channels for ``user_id`` on both
+def call_services(settings: Settings, user_id: str, ad: dict[str, Any], category: str | None = None
+                  ) -> dict[str, Any]:
+    """Call CTR, recommendations, churn, offers, budget and channels for ``user_id``, the default
+    funnel, the first campaign goal of the settings and the pricing of ``category`` on both
     transports; gRPC and HTTP must agree where the answer is deterministic.
 
     Returns:
@@ -63,7 +65,23 @@ def call_services(settings: Settings, user_id: str, ad: dict[str, Any]) -> dict[
             "budget": (lambda: client.optimize_budget(ARTICLE_CHANNELS, ARTICLE_BUDGET),
                        lambda: client.optimize_budget_http(ARTICLE_CHANNELS, ARTICLE_BUDGET),
                        lambda r: [(a.name, round(a.placements, 3)) for a in r.allocations]),
+            "funnel": (lambda: client.get_funnel("default", by="device"),
+                       lambda: client.get_funnel_http("default", by="device"),
+                       lambda r: [(g.name, [s.users for s in g.steps]) for g in r.groups]),
         }
+        if settings.evaluation.goals:
+            cid, goal = next(iter(settings.evaluation.goals.items()))
+            body = {"campaign_id": cid, "targets": goal.targets(),
+                    "start_date": goal.start_date.isoformat() if goal.start_date else "",
+                    "end_date": goal.end_date.isoformat() if goal.end_date else "",
+                    "duration_days": goal.duration_days or 0}
+            pairs["goal_gap"] = (lambda: client.goal_gap(body), lambda: client.goal_gap_http(body),
+                                 lambda r: [(g.metric, round(g.attained, 6), round(g.projected, 6)) for g in r.goals])
+        if category:
+            offer = {"category": category, "budget": 2000.0}
+            pairs["pricing"] = (lambda: client.propose_discounts(offer), lambda: client.propose_discounts_http(offer),
+                                lambda r: ([round(s.discount, 4) for s in r.slots], round(r.expected_margin, 4),
+                                           r.model_version))
         for name, (grpc_call, http_call, key) in pairs.items():
             try:
                 g = _served(grpc_call, wait)

@@ -84,6 +84,19 @@ def print_services(user_id: str, answers: dict) -> None:
         elif name == "channel":
             arms = ", ".join(f"{a.channel} {a.conversions}/{a.trials}" for a in r.arms)
             text = f"{r.channel} for segment {r.segment_name} (conversions/trials: {arms})"
+        elif name == "funnel":
+            text = f"{r.funnel} within {r.window_hours:g} h: " + "; ".join(
+                f"{g.name}: " + " > ".join(f"{s.action} {s.users:,}" for s in g.steps)
+                for g in [r.overall, *r.groups])
+        elif name == "goal_gap":
+            text = f"{r.campaign_id} day {r.days_elapsed} of {r.days_elapsed + r.days_remaining}: " + ", ".join(
+                f"{g.metric} {g.attained:,.4g}/{g.target:,.4g} -> {g.projected:,.4g} "
+                f"({'on track' if g.on_track else 'off track'})" for g in r.goals)
+        elif name == "pricing":
+            cut = [s for s in r.slots if s.discount > 0]
+            text = (f"{r.category}: {len(cut)} off-peak slots discounted (up to {100 * r.max_discount:.0f}%), margin "
+                    f"{r.expected_margin:,.0f} vs {r.base_margin:,.0f} CNY/week, spend {r.discount_spend:,.0f} of "
+                    f"{r.budget:,.0f} (elasticity {r.elasticity:.2f}) [{r.model_version}]")
         else:
             text = str(r)
         table.add_row(name, escape(text))  # "[feed]", "[ctr/v0001]" are not markup

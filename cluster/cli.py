@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from cluster._cli_analytics import audience_cmd, funnel_cmd, goal_gap_cmd, pricing_group
 from cluster._cli_experiment import experiment_group
 from cluster._progress import console, err_console, progress_bar
 from cluster._render import print_segments, serve_until_interrupted
@@ -58,12 +59,15 @@ def cli(ctx: click.Context, profile: str | None, settings_file: str | None, verb
       pmkt ingest var/input             contract checks -> lake raw + quarantine
       pmkt features rfm                 RFM per user -> lake features + profile store
       pmkt features clv|tags|tables     CLV, tags, interactions, CTR / churn tables
-      pmkt features campaigns           clicks, cost and attributed orders per campaign
-      pmkt tune segments|ctr|recs|churn Ray Tune -> model registry (pmkt models ...)
+      pmkt features campaigns           clicks, cost and attributed orders per campaign (and per day)
+      pmkt features funnels|demand|attributes  funnels, demand per slot, attribute features
+      pmkt tune segments|ctr|recs|churn|attributes|demand  Ray Tune -> model registry (pmkt models ...)
+      pmkt attributes predict           predicted gender (etc.) into profiles, never over a declared one
       pmkt serve                        gRPC + HTTP API on Ray Serve
       pmkt report                       the results as one HTML file of plots
     or all of it at once: pmkt demo (it ends by writing the report).
     A/B statistics and channel-policy simulation: pmkt experiment ...
+    Analytics: pmkt audience | funnel | goal-gap | pricing forecast|discounts
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -314,12 +318,86 @@ def features_campaigns(c: _Ctx, window_days: int | None) -> None:
                   f"(attribution window {meta['window_days']} days)", highlight=False)
 
 
+@features_group.command("funnels")
+@click.option("--steps", default=None, help="Ad-hoc funnel: comma-separated actions in order (with --name).")
+@click.option("--window-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Ad-hoc funnel: hours from the first to the last step (default 24).")
+@click.option("--name", default=None, help="Name of the ad-hoc funnel (default adhoc).")
+@pass_ctx
+def features_funnels(c: _Ctx, steps: str | None, window_hours: float | None, name: str | None) -> None:
+    """Funnel table: per user, the deepest step of each funnel of funnels.definitions within its
+    window, the step times, device and ad channel (`pmkt funnel` and GetFunnel read it). With
+    --steps, builds only that ad-hoc funnel instead (it replaces the table's funnels)."""
+    from spark_jobs import funnels
+
+    adhoc = None
+    if steps is not None or window_hours is not None or name is not None:
+        if steps is None:
+            raise InvalidArgument("an ad-hoc funnel needs --steps", field="steps")
+        adhoc = {name or "adhoc": {"steps": [x.strip() for x in steps.split(",") if x.strip()],
+                                   "window_hours": window_hours or 24.0}}
+    with progress_bar("funnels") as progress:
+        meta = funnels.main(c.settings, progress=progress, funnels=adhoc)
+    for fname, f in meta["funnels"].items():
+        console.print(f"funnel {fname}: {' > '.join(f['steps'])} within {f['window_hours']:g} h, "
+                      f"{f.get('users', 0):,} users entered", highlight=False)
+    console.print(f"funnel table run {meta['run_id']}: {meta['rows']:,} rows", highlight=False)
+
+
+@features_group.command("demand")
+@pass_ctx
+def features_demand(c: _Ctx) -> None:
+    """Demand table: paid orders, units, revenue and the price index per category, local date and
+    hour (every cell, zeros included): the input of `pmkt tune demand`."""
+    from spark_jobs import demand
+
+    with progress_bar("demand") as progress:
+        meta = demand.main(c.settings, progress=progress)
+    console.print(f"demand table run {meta['run_id']}: {meta['rows']:,} cells, {meta['categories']} categories, "
+                  f"{meta['first_date']}..{meta['last_date']}, {meta['orders']:,} paid orders", highlight=False)
+
+
+@features_group.command("attributes")
+@pass_ctx
+def features_attributes(c: _Ctx) -> None:
+    """Attribute features: per user, behaviour shares (categories viewed and bought, devices,
+    hours) and the declared value of attributes.target: the input of `pmkt tune attributes`."""
+    from spark_jobs import attributes
+
+    with progress_bar("attributes") as progress:
+        meta = attributes.main(c.settings, progress=progress)
+    console.print(f"attribute features run {meta['run_id']}: " + ", ".join(
+        f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in meta.items()
+        if k not in ("run_id", "path") and not isinstance(v, (list, dict))), highlight=False)
+
+
+@cli.group("attributes")
+def attributes_group() -> None:
+    """Predicted static attributes (docs/models-attributes.md)."""
+
+
+@attributes_group.command("predict")
+@click.option("--version", default=None, help="Model version (default: the current one).")
+@pass_ctx
+def attributes_predict(c: _Ctx, version: str | None) -> None:
+    """Predict attributes.target (gender) for every user without a declared value and store it in
+    the profile store, marked as predicted with its probability and model version. A declared
+    value is never overwritten; re-running replaces earlier predictions."""
+    from ray_apps.attributes.predict import predict_and_store
+
+    with progress_bar("predict attributes") as progress:
+        meta = predict_and_store(c.settings, version=version, progress=progress)
+    console.print(" ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, (list, dict))), highlight=False)
+
+
 # -- tune / train -------------------------------------------------------------------------
 _FAMILY_HELP = """\b
   segments  K-means on log RFM + CLV; k by silhouette (grid over segments.k_min..k_max)
   ctr       logistic regression on the CTR table; L2 strength and class weights
   recs      item-kNN (cosine) and EASE on the interaction matrix; NDCG@10
-  churn     Cox PH (penalizer) and Weibull AFT on the churn table; concordance"""
+  churn     Cox PH (penalizer) and Weibull AFT on the churn table; concordance
+  attributes  classifier of a static attribute (gender) from behaviour; held-out log loss
+  demand    Poisson demand per category x weekday x hour with price response; held-out deviance"""
 
 
 @cli.command("tune", help=f"""Tune MODEL with Ray Tune, refit the best configuration and register it.
@@ -334,7 +412,7 @@ interruption resumes it (finished trials are kept); --fresh starts over. The reg
 version holds the model, its metrics, the trial table (tuning.json), the feature run and the
 code version; by default it becomes the version serving uses (`pmkt models rollback MODEL`
 undoes that).""")
-@click.argument("model", type=click.Choice(["segments", "ctr", "recs", "churn"]))
+@click.argument("model", type=click.Choice(["segments", "ctr", "recs", "churn", "attributes", "demand"]))
 @click.option("--scheduler", type=click.Choice(["grid", "asha"]), default="grid", show_default=True,
               help="grid: every combination to completion; asha: --trials samples, weak ones stopped early.")
 @click.option("--trials", type=click.IntRange(min=1), default=None,
@@ -744,6 +822,8 @@ def report_cmd(c: _Ctx, output: Path | None) -> None:
 
 
 cli.add_command(experiment_group)
+for _command in (audience_cmd, funnel_cmd, goal_gap_cmd, pricing_group):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,16 @@ is known, so every model of the platform can be checked against the truth:
 * per-user category preferences (Dirichlet), reflected in orders and events;
 * a logistic click model for ad impressions (the true probability is written);
 * a planted churn day per user, after which the user neither orders nor acts;
+* a weekly order pattern (weekday weights) on top of the hour-of-day profile;
+* a promotion calendar (a price ratio per category and day) and a per-category own-price
+  elasticity: an order line costs list price x quantity x the day's ratio, and an order's
+  category and day lean towards cheap (category, day) pairs without changing any user's
+  number of orders or active period;
 * a small, exactly counted share of defective rows of every kind the contract names,
   so the ingest job's reconciliation report can be compared with ``expected``.
 
 Ground truth goes to ``out_dir/_truth/`` (``users.csv``, ``impressions.csv``,
-``defects.csv``, ``manifest.json``); ingest reads only the contract file names.
+``defects.csv``, ``promotions.csv``, ``manifest.json``); ingest reads only the contract file names.
 
 Every row-level choice is drawn from a numpy ``Generator`` derived from ``seed``, one
 independent stream per step, so the same seed gives the same bytes.
@@ -45,6 +50,8 @@ __all__ = [
     "CHANNELS",
     "DEVICES",
     "CLICK_MODEL",
+    "PROMOTIONS",
+    "WEEKDAY_WEIGHTS",
     "FUNNEL",
     "TIMESTAMP_FORMATS",
     "DEFECT_PLAN",
@@ -58,7 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the same seed would produce different bytes.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 #: Sub-folder of the output folder that holds the ground truth.
 TRUTH_DIR = "_truth"
 
@@ -86,6 +93,18 @@ _HOUR_WEIGHTS = np.array(
      4.5, 4.0, 4.2, 4.3, 4.2, 4.3, 4.6, 5.2, 6.2, 7.0, 6.5, 4.8]
 )
 
+#: Relative weight of each local weekday for orders, Monday first (weekend shopping peak).
+#: Browsing sessions and impressions keep a flat week.
+WEEKDAY_WEIGHTS = np.array([0.85, 0.80, 0.85, 0.90, 1.10, 1.35, 1.25])
+
+#: Promotion calendar: every (category, day) is independently a promotion day with probability
+#: ``share``; a promotion day sells the whole category at list price x one of ``ratios`` (drawn
+#: uniformly), other days at list price. Independent days keep price apart from weekday and trend.
+PROMOTIONS: dict[str, Any] = {
+    "share": 0.35,
+    "ratios": (0.90, 0.80, 0.70),
+}
+
 
 @dataclass(frozen=True)
 class Category:
@@ -97,6 +116,8 @@ class Category:
         price_sigma: Log-normal sigma of unit prices across the category's items.
         brands: Brands the category's items are drawn from.
         male_tilt: Dirichlet weight multiplier for male users (female users get ``1 / male_tilt``).
+        elasticity: Own-price elasticity e: an order leans to a (category, day) pair in proportion
+            to ``price_ratio ** -e`` (see :data:`PROMOTIONS`).
     """
 
     name: str
@@ -104,19 +125,20 @@ class Category:
     price_sigma: float
     brands: tuple[str, ...]
     male_tilt: float = 1.0
+    elasticity: float = 1.0
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category("手机", 2600.0, 0.55, ("华为", "小米", "苹果", "OPPO", "vivo"), 1.4),
-    Category("电脑", 5200.0, 0.45, ("联想", "华为", "苹果", "戴尔", "惠普"), 1.4),
-    Category("家电", 1400.0, 0.75, ("美的", "格力", "海尔", "小米", "苏泊尔")),
-    Category("服饰", 190.0, 0.60, ("优衣库", "李宁", "波司登", "ZARA", "太平鸟"), 1 / 1.3),
-    Category("美妆", 230.0, 0.60, ("欧莱雅", "雅诗兰黛", "兰蔻", "完美日记", "百雀羚"), 1 / 2.0),
-    Category("食品", 48.0, 0.60, ("三只松鼠", "良品铺子", "伊利", "蒙牛", "农夫山泉")),
-    Category("母婴", 170.0, 0.70, ("飞鹤", "帮宝适", "好孩子", "贝亲", "花王"), 1 / 1.6),
-    Category("运动", 280.0, 0.70, ("安踏", "耐克", "阿迪达斯", "李宁", "迪卡侬"), 1.3),
-    Category("图书", 42.0, 0.40, ("人民文学", "中信出版", "机械工业", "商务印书馆", "新星出版")),
-    Category("家居", 120.0, 0.80, ("宜家", "网易严选", "南极人", "罗莱", "水星家纺")),
+    Category("手机", 2600.0, 0.55, ("华为", "小米", "苹果", "OPPO", "vivo"), 1.4, elasticity=1.5),
+    Category("电脑", 5200.0, 0.45, ("联想", "华为", "苹果", "戴尔", "惠普"), 1.4, elasticity=1.0),
+    Category("家电", 1400.0, 0.75, ("美的", "格力", "海尔", "小米", "苏泊尔"), elasticity=2.0),
+    Category("服饰", 190.0, 0.60, ("优衣库", "李宁", "波司登", "ZARA", "太平鸟"), 1 / 1.3, elasticity=3.0),
+    Category("美妆", 230.0, 0.60, ("欧莱雅", "雅诗兰黛", "兰蔻", "完美日记", "百雀羚"), 1 / 2.0, elasticity=2.5),
+    Category("食品", 48.0, 0.60, ("三只松鼠", "良品铺子", "伊利", "蒙牛", "农夫山泉"), elasticity=0.5),
+    Category("母婴", 170.0, 0.70, ("飞鹤", "帮宝适", "好孩子", "贝亲", "花王"), 1 / 1.6, elasticity=0.7),
+    Category("运动", 280.0, 0.70, ("安踏", "耐克", "阿迪达斯", "李宁", "迪卡侬"), 1.3, elasticity=2.2),
+    Category("图书", 42.0, 0.40, ("人民文学", "中信出版", "机械工业", "商务印书馆", "新星出版"), elasticity=1.2),
+    Category("家居", 120.0, 0.80, ("宜家", "网易严选", "南极人", "罗莱", "水星家纺"), elasticity=1.8),
 )
 _CAT_INDEX = {c.name: i for i, c in enumerate(CATEGORIES)}
 #: Items per category in the catalogue (unit prices log-normal around the category median).
@@ -274,8 +296,8 @@ ARCHETYPES: tuple[Archetype, ...] = (
 #: Share of orders refunded (a user's first order never is), and share written with an empty status.
 _REFUND_SHARE = 0.03
 _EMPTY_STATUS_SHARE = 0.01
-#: Discount on list price per order line: uniform in this range.
-_DISCOUNT = (0.80, 1.00)
+#: Orders placed per chunk when drawing (category, day): bounds memory at (chunk x days) floats.
+_ORDER_CHUNK = 20_000
 
 #: Event funnel. Per order: views ``1 + Poisson(order_extra_views)`` before it (first one of
 #: the ordered item), then a click, a cart and the purchase event with these probabilities
@@ -371,7 +393,8 @@ _BAD_CONSENTS = ("2", "yes", "-1", "10")
 _ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
 _ID_CHECK = "10X98765432"
 
-_STEPS = ("users", "orders", "events", "impressions", "defects", "writing", "truth")
+# New steps go last: spawned streams are positional, so the earlier steps keep their draws.
+_STEPS = ("users", "orders", "events", "impressions", "defects", "writing", "truth", "promotions")
 
 
 @dataclass(frozen=True)
@@ -497,6 +520,7 @@ class _World:
     events: pd.DataFrame | None = None
     impressions: pd.DataFrame | None = None
     p_click: np.ndarray | None = None
+    price_ratio: np.ndarray | None = None  # (categories, days) promotion calendar
 
     @property
     def start_s(self) -> int:
@@ -652,6 +676,63 @@ def _pick_items(rng: np.random.Generator, w: _World, user: np.ndarray, cat: np.n
     return np.where(count > 0, w.band_items[arch, cat, pick], cat * _ITEMS_PER_CATEGORY + pick)
 
 
+def _promotions(rng: np.random.Generator, days: int) -> np.ndarray:
+    """Price ratio per (category, day): 1.0, or on promotion days one of ``PROMOTIONS["ratios"]``."""
+    ratios = np.array(PROMOTIONS["ratios"], dtype=float)
+    on = rng.random((len(CATEGORIES), days)) < PROMOTIONS["share"]
+    level = rng.integers(0, len(ratios), (len(CATEGORIES), days))
+    return np.where(on, ratios[level], 1.0)
+
+
+def _weekday(day_number: np.ndarray) -> np.ndarray:
+    """0 = Monday (1970-01-01, day number 0, was a Thursday)."""
+    return (day_number + 3) % 7
+
+
+def _place_orders(w: _World, user: np.ndarray, nth: np.ndarray, count: np.ndarray,
+                  u_day: np.ndarray, u_cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Day offset and category of each order.
+
+    Without prices and weekdays an order's day follows its archetype's timing (regular: uniform in
+    the j-th of N equal slices of the active period; otherwise Beta(1, fade) over it) and its
+    category the user's preferences. Here the probability of each (day, category) is that, times
+    the weekday weight, times ``price_ratio[category, day] ** -elasticity``: the user still places
+    the same orders inside the same active period, but on busy weekdays and cheap days. Because an
+    order chooses among many days, one day's promotion lowers the normaliser only a little, so the
+    expected orders of a (category, day) move almost exactly in proportion to ``ratio ** -e``.
+    """
+    arch = w.truth["arch"].to_numpy()
+    active = w.truth["active_days"].to_numpy().astype(float)
+    prefs = np.diff(w.pref_cum, axis=1, prepend=0.0)
+    elasticity = np.array([c.elasticity for c in CATEGORIES])
+    lift = w.price_ratio ** -elasticity[:, None]  # (categories, days)
+    week = WEEKDAY_WEIGHTS[_weekday(w.start_day + np.arange(w.days))]
+    t = np.arange(w.days, dtype=float)[None, :]
+    regular = np.array([a.regular for a in ARCHETYPES])
+    fade = np.array([a.order_fade for a in ARCHETYPES])
+    day = np.empty(len(user), dtype=np.int64)
+    cat = np.empty(len(user), dtype=np.int64)
+    for lo in range(0, len(user), _ORDER_CHUNK):
+        sl = slice(lo, lo + _ORDER_CHUNK)
+        u, a = user[sl], active[user[sl]][:, None]
+        # Probability mass of each day under the archetype's timing (continuous slot -> day).
+        start, stop = nth[sl][:, None] / count[u][:, None] * a, (nth[sl][:, None] + 1) / count[u][:, None] * a
+        in_slice = np.clip(np.minimum(t + 1, stop) - np.maximum(t, start), 0.0, None)
+        f = fade[arch[u]][:, None]
+        x0, x1 = np.minimum(t / a, 1.0), np.minimum((t + 1) / a, 1.0)
+        faded = (1.0 - x0) ** f - (1.0 - x1) ** f
+        mass = np.where(regular[arch[u]][:, None], in_slice, faded)
+        weight = mass * week * (prefs[u] @ lift)
+        cum = np.cumsum(weight, axis=1)
+        # 1 - U lies in (0, 1]: the first cell whose cumulative weight reaches it has weight > 0.
+        d = (cum < ((1.0 - u_day[sl]) * cum[:, -1])[:, None]).sum(axis=1)
+        day[sl] = np.minimum(d, w.days - 1)
+        cw = np.cumsum(prefs[u] * lift[:, day[sl]].T, axis=1)
+        c = (cw < ((1.0 - u_cat[sl]) * cw[:, -1])[:, None]).sum(axis=1)
+        cat[sl] = np.minimum(c, len(CATEGORIES) - 1)
+    return day, cat
+
+
 def _build_orders(rng: np.random.Generator, w: _World) -> None:
     arch = w.truth["arch"].to_numpy()
     active = w.truth["active_days"].to_numpy()
@@ -660,24 +741,18 @@ def _build_orders(rng: np.random.Generator, w: _World) -> None:
     base = np.array([a.base_orders for a in ARCHETYPES])[arch]
     count = np.where(buys, base + rng.poisson(rate * active), 0)
     user = np.repeat(np.arange(w.n_users), count)
-    u = rng.random(len(user))
-    # Regular buyers place their j-th of N orders in the j-th of N equal slices of their active time.
     nth = np.arange(len(user)) - np.repeat(np.cumsum(count) - count, count)
-    regular = np.array([a.regular for a in ARCHETYPES])[arch[user]]
-    fade = np.array([a.order_fade for a in ARCHETYPES])[arch[user]]
-    faded = 1.0 - (1.0 - rng.random(len(user))) ** (1.0 / fade)  # Beta(1, fade) by inversion
-    slot = np.where(regular, (nth + u) / np.maximum(count[user], 1), faded)
-    day = np.floor(slot * active[user]).astype(np.int64)
+    day, cat = _place_orders(w, user, nth, count, rng.random(len(user)), rng.random(len(user)))
     local_s = w.start_s + day * _DAY + _time_of_day(rng, len(user))
     order = np.lexsort((local_s, user))
-    user, local_s = user[order], local_s[order]
+    user, local_s, day, cat = user[order], local_s[order], day[order], cat[order]
     first = np.r_[True, user[1:] != user[:-1]]
 
-    item = _pick_items(rng, w, user)
-    cat = w.catalog.iloc[item]
+    item = _pick_items(rng, w, user, cat)
+    price = w.catalog["price"].to_numpy()[item]
     qty_extra = np.array([a.extra_quantity for a in ARCHETYPES])[arch[user]]
     quantity = 1 + rng.poisson(qty_extra)
-    amount = np.round(cat["price"].to_numpy() * quantity * rng.uniform(*_DISCOUNT, len(user)), 2)
+    amount = np.round(price * quantity * w.price_ratio[cat, day], 2)
 
     n_later = max(int((~first).sum()), 1)
     refunded = ~first & (rng.random(len(user)) < _REFUND_SHARE * len(user) / n_later)
@@ -1131,6 +1206,18 @@ def _truth_users(w: _World) -> pd.DataFrame:
     })
 
 
+def _truth_promotions(w: _World) -> pd.DataFrame:
+    """The promotion calendar: one row per local date and category (every pair, 1.0 = list price)."""
+    n_cat = len(CATEGORIES)
+    dates = np.datetime_as_string((w.start_day + np.arange(w.days)).astype("datetime64[D]"), unit="D")
+    return pd.DataFrame({
+        "date": np.repeat(dates, n_cat),
+        "weekday": np.repeat(_weekday(w.start_day + np.arange(w.days)), n_cat),
+        "category": np.tile(np.array([c.name for c in CATEGORIES], dtype=object), w.days),
+        "price_ratio": np.char.mod("%.2f", w.price_ratio.T.reshape(-1)),
+    })
+
+
 def _manifest(seed: int, n_users: int, days: int, end_date: date, defects: bool, compress: bool,
               w: _World, files: dict[str, Path], rows: dict[str, int], planted: dict[str, dict[str, int]],
               expected: dict[str, dict], truth_users: pd.DataFrame) -> dict[str, Any]:
@@ -1152,10 +1239,14 @@ def _manifest(seed: int, n_users: int, days: int, end_date: date, defects: bool,
             "users": f"{TRUTH_DIR}/users.csv",
             "impressions": f"{TRUTH_DIR}/impressions.csv",
             "defects": f"{TRUTH_DIR}/defects.csv",
+            "promotions": f"{TRUTH_DIR}/promotions.csv",
         },
         "rows": rows,
         "timestamp_formats": dict(TIMESTAMP_FORMATS),
         "hour_weights": _HOUR_WEIGHTS.tolist(),
+        "weekday_weights": WEEKDAY_WEIGHTS.tolist(),
+        "promotions": {"share": PROMOTIONS["share"], "ratios": list(PROMOTIONS["ratios"]),
+                       "promotion_days": int((w.price_ratio < 1.0).sum())},
         "archetypes": [
             {
                 "name": a.name, "description": a.description, "share": a.share, "users": int(counts.get(a.name, 0)),
@@ -1170,13 +1261,12 @@ def _manifest(seed: int, n_users: int, days: int, end_date: date, defects: bool,
         ],
         "categories": [
             {"name": c.name, "median_price": c.median_price, "price_sigma": c.price_sigma,
-             "brands": list(c.brands), "male_tilt": c.male_tilt}
+             "brands": list(c.brands), "male_tilt": c.male_tilt, "elasticity": c.elasticity}
             for c in CATEGORIES
         ],
         "catalog": {"items_per_category": _ITEMS_PER_CATEGORY, "preference_alpha": _PREF_ALPHA,
                     "band_full_items": _BAND_FULL_ITEMS},
-        "orders": {"refund_share": _REFUND_SHARE, "empty_status_share": _EMPTY_STATUS_SHARE,
-                   "discount": list(_DISCOUNT)},
+        "orders": {"refund_share": _REFUND_SHARE, "empty_status_share": _EMPTY_STATUS_SHARE},
         "users_file": {"gender": {"M": 0.45, "F": 0.47, "": 0.08}, "birth_date_missing": 0.10,
                        "city_missing": 0.02, "phone_missing": 0.15, "id_number_given_birth_date": 0.65,
                        "opt_in": {"sms": 0.60, "push": 0.45, "email": 0.25},
@@ -1238,6 +1328,7 @@ def generate(
     step("users", 0.0)
     w = _build_users(streams["users"], users, days, end_date)
     step("orders", 0.10)
+    w.price_ratio = _promotions(streams["promotions"], days)
     _build_orders(streams["orders"], w)
     step("events", 0.20)
     _build_events(streams["events"], w)
@@ -1290,6 +1381,7 @@ def generate(
     }).to_csv(truth_dir / "impressions.csv", index=False, lineterminator="\n")
     pd.DataFrame(register, columns=["dataset", "line", "record_id", "kind", "expected"]).to_csv(
         truth_dir / "defects.csv", index=False, lineterminator="\n")
+    _truth_promotions(w).to_csv(truth_dir / "promotions.csv", index=False, lineterminator="\n")
     manifest = _manifest(seed, users, days, end_date, defects, compress, w, files, rows, planted, expected,
                          truth_users)
     manifest_path = truth_dir / "manifest.json"

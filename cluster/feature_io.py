@@ -315,7 +315,9 @@ def load_latest(lake: Lake, table: str, columns: Sequence[str] | None = None) ->
     """
     builders = {"rfm": "pmkt features rfm", "clv": "pmkt features clv", "tags": "pmkt features tags",
                 "churn": "pmkt features tables", "ctr_train": "pmkt features tables",
-                "interactions": "pmkt features tags", "campaigns": "pmkt features campaigns"}
+                "interactions": "pmkt features tags", "campaigns": "pmkt features campaigns",
+                "campaign_daily": "pmkt features campaigns", "funnels": "pmkt features funnels",
+                "demand": "pmkt features demand", "attributes": "pmkt features attributes"}
     if not lake.exists(Zone.FEATURES, table, "latest.json"):
         hint = builders.get(table, "the feature job")
         raise FailedPrecondition(f"no {table} features yet: run `{hint}` first")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -388,6 +389,20 @@ class TagSettings(_Model):
     # -- weight of each action in the top-category/brand score (contract actions or "order")
     action_weights: dict[str, float] = Field(default_factory=lambda: {
         "view": 1.0, "click": 2.0, "favorite": 3.0, "cart": 3.0, "order": 5.0})
+    # -- consumption level: months of paid orders the average monthly spend is taken over
+    consumption_months: int = Field(6, ge=1, le=60)
+    # -- consumption level name -> lowest average monthly spend (CNY) of the level; one bound is 0
+    consumption_bands: dict[str, float] = Field(default_factory=lambda: {
+        "low": 0.0, "medium": 200.0, "high": 1000.0, "premium": 3000.0})
+
+    @field_validator("consumption_bands")
+    @classmethod
+    def _bands_start_at_zero(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or min(value.values()) != 0 or any(b < 0 for b in value.values()):
+            raise ValueError("consumption_bands needs one band starting at 0 and no negative bound")
+        if len(set(value.values())) != len(value):
+            raise ValueError("consumption_bands: two levels share a lower bound")
+        return value
 
     @field_validator("action_weights")
     @classmethod
@@ -465,6 +480,43 @@ class EventSettings(_Model):
     tombstone_ttl_s: float = Field(30.0, gt=0)
 
 
+class CampaignGoal(_Model):
+    """One campaign's targets (docs/experiments.md, goal-gap); give at least one target."""
+
+    # -- users reached at least once
+    reach: float | None = Field(None, ge=0)
+    impressions: float | None = Field(None, ge=0)
+    clicks: float | None = Field(None, ge=0)
+    # -- clicks / impressions
+    ctr: float | None = Field(None, ge=0, le=1)
+    # -- paid orders attributed to the campaign's clicks
+    conversions: float | None = Field(None, ge=0)
+    # -- CNY of those orders
+    revenue: float | None = Field(None, ge=0)
+    # -- revenue per CNY spent
+    roi: float | None = Field(None, ge=0)
+    # -- most the campaign may spend, CNY
+    budget: float | None = Field(None, ge=0)
+    # -- first day; null = the campaign's first day with results
+    start_date: date | None = None
+    # -- last day; or give duration_days (counted from the first day)
+    end_date: date | None = None
+    duration_days: int | None = Field(None, ge=1, le=3660)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "CampaignGoal":
+        if (self.end_date is None) == (self.duration_days is None):
+            raise ValueError("give exactly one of end_date and duration_days")
+        if not self.targets():
+            raise ValueError("give at least one target (reach, impressions, clicks, ctr, conversions, revenue, "
+                             "roi, budget)")
+        return self
+
+    def targets(self) -> dict[str, float]:
+        names = ("reach", "impressions", "clicks", "ctr", "conversions", "revenue", "roi", "budget")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
 class EvaluationSettings(_Model):
     """Campaign evaluation and the report (docs/experiments.md, docs/report.md)."""
 
@@ -472,6 +524,90 @@ class EvaluationSettings(_Model):
     attribution_window_days: int = Field(7, ge=1, le=90)
     # -- where `pmkt report` writes its HTML file by default
     report_dir: Path = Path("var/reports")
+    # -- campaign id -> its targets: the goal-gap section of `pmkt report` and `pmkt goals`
+    goals: dict[str, CampaignGoal] = {}
+
+
+class FunnelDefinition(_Model):
+    """One conversion funnel: an ordered list of actions and the time to go through them."""
+
+    # -- the actions in order (contract actions, at least 2; an action may repeat)
+    steps: list[str] = Field(min_length=2)
+    # -- the last step reached must be at most this many hours after the first
+    window_hours: float = Field(gt=0)
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, value: list[str]) -> list[str]:
+        from cluster.contract import ACTIONS
+
+        unknown = sorted(set(value) - set(ACTIONS))
+        if unknown:
+            raise ValueError(f"unknown action(s) {unknown}; use contract actions {list(ACTIONS)}")
+        return value
+
+
+class FunnelSettings(_Model):
+    """Conversion funnels over behaviour events (docs/funnels.md)."""
+
+    # -- funnel name -> steps and window; `pmkt features funnels` builds every one, and
+    #    GetFunnel / GET /v1/funnels answer for these names ("default" when none is asked for)
+    definitions: dict[str, FunnelDefinition] = Field(default_factory=lambda: {
+        "default": FunnelDefinition(steps=["view", "click", "cart", "purchase"], window_hours=24.0)})
+
+    @field_validator("definitions")
+    @classmethod
+    def _names(cls, value: dict[str, FunnelDefinition]) -> dict[str, FunnelDefinition]:
+        # Names travel in URLs (?funnel=...) and in the table's funnel column.
+        bad = sorted(n for n in value if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", n))
+        if bad:
+            raise ValueError(f"funnel names must be 1 to 64 letters, digits, '_' or '-': {bad}")
+        return value
+
+
+class AttributeSettings(_Model):
+    """Predicted static attributes (docs/models-attributes.md)."""
+
+    # -- the users column predicted from behaviour (its declared value is never overwritten)
+    target: Literal["gender", "city"] = "gender"
+    # -- a prediction is stored only when its probability is at least this (else the user abstains)
+    min_probability: float = Field(0.7, ge=0, lt=1)
+    # -- share (percent, by hash of the user id) of the declared users held out for the metrics
+    test_percent: int = Field(20, ge=5, le=50)
+    # -- share (percent, by the same hash) of the declared users that scores the search's trials
+    valid_percent: int = Field(20, ge=5, le=50)
+    # -- bins of the reliability table and of the expected calibration error (equal width)
+    calibration_bins: int = Field(10, ge=2, le=50)
+
+    @model_validator(mode="after")
+    def _training_users_left(self) -> "AttributeSettings":
+        if self.test_percent + self.valid_percent > 60:
+            raise ValueError("test_percent + valid_percent must leave at least 40 % of the users to train on")
+        return self
+
+
+class PricingSettings(_Model):
+    """Demand forecast, price response and time-slot discounts (docs/pricing.md)."""
+
+    # -- days at the end of the demand table held out to measure the forecast error (MAPE, R^2)
+    holdout_days: int = Field(28, ge=7, le=180)
+    # -- gross margin as a share of the list price (the discount optimiser's economics)
+    margin_rate: float = Field(0.35, gt=0, lt=1)
+    # -- discount levels a slot may get (0 is always allowed)
+    discount_levels: list[float] = Field(default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.30])
+    # -- highest discount any slot may get, a fraction of the price
+    max_discount: float = Field(0.30, ge=0, le=0.9)
+    # -- slots at or below this quantile of the week's demand are off-peak (only they get discounts)
+    offpeak_quantile: float = Field(0.5, ge=0, le=1)
+    # -- the report's example plan: weekly discount budget as a share of the category's list revenue
+    report_budget_share: float = Field(0.02, ge=0, le=1)
+
+    @field_validator("discount_levels")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        if not value or len(value) > 20 or any(not 0 < x <= 0.9 for x in value):
+            raise ValueError("discount_levels needs 1 to 20 levels, each in (0, 0.9]")
+        return sorted(set(value))
 
 
 class ClusterSettings(_Model):
@@ -509,6 +645,9 @@ class Settings(_Model):
     offers: OfferSettings = OfferSettings()
     channels: ChannelSettings = ChannelSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    funnels: FunnelSettings = FunnelSettings()
+    attributes: AttributeSettings = AttributeSettings()
+    pricing: PricingSettings = PricingSettings()
     cluster: ClusterSettings = ClusterSettings()
     # -- the file these settings came from (set by load_settings)
     source: Path | None = None

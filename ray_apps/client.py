@@ -48,8 +48,12 @@ from protos.marketing.v1 import (
     events_pb2_grpc,
     experiment_pb2,
     experiment_pb2_grpc,
+    funnel_pb2,
+    funnel_pb2_grpc,
     offer_pb2,
     offer_pb2_grpc,
+    pricing_pb2,
+    pricing_pb2_grpc,
     profile_pb2,
     profile_pb2_grpc,
     recommend_pb2,
@@ -148,7 +152,10 @@ class MarketingClient:
         "ChooseChannel": channel_pb2_grpc.ChannelServiceStub,
         "ReportOutcome": channel_pb2_grpc.ChannelServiceStub,
         **{m: experiment_pb2_grpc.ExperimentServiceStub for m in (
-            "AnalyzeConversions", "CompareMeans", "SequentialTest", "SampleSize", "SegmentSignificance")},
+            "AnalyzeConversions", "CompareMeans", "SequentialTest", "SampleSize", "SegmentSignificance", "GoalGap")},
+        "GetFunnel": funnel_pb2_grpc.FunnelServiceStub,
+        "ForecastDemand": pricing_pb2_grpc.PricingServiceStub,
+        "ProposeDiscounts": pricing_pb2_grpc.PricingServiceStub,
     }
     #: ExperimentService: method -> (HTTP path, request type, response type).
     _EXPERIMENTS = {
@@ -162,6 +169,7 @@ class MarketingClient:
                        experiment_pb2.SampleSizeResponse),
         "SegmentSignificance": ("/v1/experiments/segments", experiment_pb2.SegmentSignificanceRequest,
                                 experiment_pb2.SegmentSignificanceResponse),
+        "GoalGap": ("/v1/experiments/goal-gap", experiment_pb2.GoalGapRequest, experiment_pb2.GoalGapResponse),
     }
     #: Calls that must not be repeated after an UNAVAILABLE: the server may have counted it.
     _NOT_RETRIED = frozenset({"ReportOutcome"})
@@ -355,6 +363,47 @@ class MarketingClient:
         """The same over HTTP (``POST /v1/experiments/...``)."""
         path, _request_type, response_type = self._EXPERIMENTS[method]
         return ParseDict(self._http_json("POST", path, body=body), response_type())
+
+    def goal_gap(self, body: dict[str, Any]) -> experiment_pb2.GoalGapResponse:
+        """ExperimentService.GoalGap, e.g. ``goal_gap({"campaign_id": "cmp001", "end_date": "2026-12-31",
+        "targets": {"conversions": 500, "roi": 3}})`` (daily results from the lake when not given)."""
+        return self.experiment("GoalGap", body)
+
+    def goal_gap_http(self, body: dict[str, Any]) -> experiment_pb2.GoalGapResponse:
+        """``POST /v1/experiments/goal-gap``."""
+        return self.experiment_http("GoalGap", body)
+
+    def get_funnel(self, funnel: str = "", by: str = "", from_date: str = "", to_date: str = ""
+                   ) -> funnel_pb2.FunnelResponse:
+        """FunnelService.GetFunnel over gRPC: users per step of a funnel, overall and by ``by``
+        (segment, channel or device)."""
+        return self._grpc("GetFunnel", funnel_pb2.GetFunnelRequest(funnel=funnel, group_by=by, from_date=from_date,
+                                                                    to_date=to_date))
+
+    def get_funnel_http(self, funnel: str = "", by: str = "", from_date: str = "", to_date: str = ""
+                        ) -> funnel_pb2.FunnelResponse:
+        """``GET /v1/funnels?funnel=&by=&from=&to=``."""
+        params = {k: v for k, v in (("funnel", funnel), ("by", by), ("from", from_date), ("to", to_date)) if v}
+        return ParseDict(self._get_json("/v1/funnels", params), funnel_pb2.FunnelResponse())
+
+    def forecast_demand(self, category: str, price_ratio: float = 0.0) -> pricing_pb2.ForecastDemandResponse:
+        """PricingService.ForecastDemand over gRPC: expected orders per weekday-hour slot of a week."""
+        return self._grpc("ForecastDemand", pricing_pb2.ForecastDemandRequest(category=category,
+                                                                              price_ratio=price_ratio))
+
+    def forecast_demand_http(self, category: str, price_ratio: float = 0.0) -> pricing_pb2.ForecastDemandResponse:
+        """``GET /v1/pricing/forecast?category=...&price_ratio=...``."""
+        body = self._get_json("/v1/pricing/forecast", {"category": category, "price_ratio": str(price_ratio)})
+        return ParseDict(body, pricing_pb2.ForecastDemandResponse())
+
+    def propose_discounts(self, body: dict[str, Any]) -> pricing_pb2.ProposeDiscountsResponse:
+        """PricingService.ProposeDiscounts over gRPC, e.g. ``{"category": "食品", "budget": 5000}``."""
+        return self._grpc("ProposeDiscounts", ParseDict(body, pricing_pb2.ProposeDiscountsRequest()))
+
+    def propose_discounts_http(self, body: dict[str, Any]) -> pricing_pb2.ProposeDiscountsResponse:
+        """``POST /v1/pricing/discounts``."""
+        return ParseDict(self._http_json("POST", "/v1/pricing/discounts", body=body),
+                         pricing_pb2.ProposeDiscountsResponse())
 
     def close(self) -> None:
         if self._channel is not None:

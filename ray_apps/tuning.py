@@ -328,6 +328,8 @@ FAMILIES: dict[str, str] = {
     "ctr": "ray_apps.ctr.train:SPEC",
     "recs": "ray_apps.recs.train:SPEC",
     "churn": "ray_apps.churn.train:SPEC",
+    "attributes": "ray_apps.attributes.train:SPEC",
+    "demand": "ray_apps.pricing.train:SPEC",
 }
 
 

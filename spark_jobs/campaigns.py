@@ -6,7 +6,9 @@ An order counts for a click when the same user clicked at most ``window_days`` b
 the order (last click wins; on a tie, the larger impression id). Only paid orders count. A click *converted* when at least one order was attributed to
 it. ``campaign_table`` is a pure transform; ``main`` reads the raw zone and writes
 ``features/campaigns/run=<run_id>/`` (one row per user, campaign and channel), which
-:mod:`ray_apps.evaluation.campaigns` aggregates by channel, campaign or segment.
+:mod:`ray_apps.evaluation.campaigns` aggregates by channel, campaign or segment, and
+``features/campaign_daily/run=<run_id>/`` (one row per campaign and local day: what the
+goal-gap analysis of :mod:`ray_apps.evaluation.goals` follows over time).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from cluster.storage import Zone, open_lake
 from spark_jobs.common import read_raw, require_raw
 from spark_jobs.rfm import new_run_id
 
-__all__ = ["attribute_orders", "campaign_table", "main", "CAMPAIGN_COLUMNS", "UNKNOWN"]
+__all__ = ["attribute_orders", "campaign_daily", "campaign_table", "main", "CAMPAIGN_COLUMNS", "DAILY_COLUMNS",
+           "UNKNOWN"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -31,6 +34,8 @@ Progress = Callable[[str, float], None]
 #: Columns of the table ``campaign_table`` builds.
 CAMPAIGN_COLUMNS = ("user_id", "campaign_id", "channel", "impressions", "clicks", "cost", "conversions",
                     "orders", "revenue")
+#: Columns of the table ``campaign_daily`` builds (``date`` is the local day).
+DAILY_COLUMNS = ("campaign_id", "date", "impressions", "new_reach", "clicks", "cost", "conversions", "revenue")
 #: Stands for a missing campaign or channel (both are optional in the data contract).
 UNKNOWN = "(unknown)"
 
@@ -72,12 +77,34 @@ def campaign_table(impressions: DataFrame, orders: DataFrame, window_days: int =
             .select(*CAMPAIGN_COLUMNS))
 
 
+def campaign_daily(impressions: DataFrame, orders: DataFrame, window_days: int = 7,
+                   timezone: str = "Asia/Shanghai") -> DataFrame:
+    """Per campaign and local day (``timezone``): impressions, users reached for the first time
+    by the campaign, clicks and cost on the impressions' day; attributed paid orders
+    (``conversions``) and their ``revenue`` on the orders' day. Days with no activity are absent."""
+    local = lambda col: F.to_date(F.from_utc_timestamp(F.col(col), timezone))  # noqa: E731
+    shown = impressions.select(
+        "user_id", F.coalesce("campaign_id", F.lit(UNKNOWN)).alias("campaign_id"), local("ts").alias("date"),
+        F.coalesce("cost", F.lit(0.0)).alias("cost"), F.col("clicked").cast("int").alias("clicked"))
+    exposure = shown.groupBy("campaign_id", "date").agg(
+        F.count("*").alias("impressions"), F.sum("clicked").cast("long").alias("clicks"), F.sum("cost").alias("cost"))
+    first_seen = shown.groupBy("campaign_id", "user_id").agg(F.min("date").alias("date"))
+    reach = first_seen.groupBy("campaign_id", "date").agg(F.count("*").alias("new_reach"))
+    won = (attribute_orders(impressions, orders, window_days)
+           .join(orders.select("order_id", local("order_time").alias("date")), "order_id")
+           .groupBy("campaign_id", "date").agg(F.count("*").alias("conversions"), F.sum("amount").alias("revenue")))
+    return (exposure.join(reach, ["campaign_id", "date"], "full").join(won, ["campaign_id", "date"], "full")
+            .fillna({"impressions": 0, "new_reach": 0, "clicks": 0, "cost": 0.0, "conversions": 0, "revenue": 0.0})
+            .select(*DAILY_COLUMNS))
+
+
 def main(settings: Settings, *, run_id: str | None = None, window_days: int | None = None,
          progress: Progress | None = None) -> dict:
     """Build the campaign table from the raw zone into the lake.
 
     Returns:
-        Run metadata: ``run_id``, ``rows``, ``window_days``, ``path`` (lake-relative).
+        Run metadata of the campaign table: ``run_id``, ``rows``, ``window_days``, ``path``
+        (lake-relative). The per-day table shares the run id.
 
     Raises:
         FailedPrecondition: no impressions or orders have been ingested.
@@ -101,6 +128,15 @@ def main(settings: Settings, *, run_id: str | None = None, window_days: int | No
     meta = {"run_id": run_id, "rows": rows, "window_days": window_days, "path": f"{Zone.FEATURES.value}/{rel}"}
     lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
     lake.write_json(meta, Zone.FEATURES, "campaigns", "latest.json")
+    step("campaign results per day", 0.7)
+    daily_rel = f"campaign_daily/run={run_id}"
+    (campaign_daily(impressions, orders, window_days, settings.ingest.source_timezone)
+     .repartition(1).sortWithinPartitions("campaign_id", "date")
+     .write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, daily_rel)))
+    daily_meta = {"run_id": run_id, "window_days": window_days, "timezone": settings.ingest.source_timezone,
+                  "path": f"{Zone.FEATURES.value}/{daily_rel}"}
+    lake.write_json(daily_meta, Zone.FEATURES, daily_rel, "_meta.json")
+    lake.write_json(daily_meta, Zone.FEATURES, "campaign_daily", "latest.json")
     step("done", 1.0)
     log.info("campaign table run %s: %d rows (attribution window %d days)", run_id, rows, window_days)
     return meta

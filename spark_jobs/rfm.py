@@ -1,13 +1,14 @@
-"""RFM features per user: recency (days), frequency (paid orders), monetary (CNY).
+"""RFM features per user: recency (days), frequency (paid orders), monetary (CNY), and the
+consumption level: a tag from the average monthly spend, in configurable bands.
 
-``rfm`` is a pure transform; ``main`` reads the lake's raw orders, writes the feature
-table to ``features/rfm/run=<run_id>/`` and the values to the profile store.
+``rfm`` and ``consumption_level`` are pure transforms; ``main`` reads the lake's raw orders,
+writes the feature table to ``features/rfm/run=<run_id>/`` and the values to the profile store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime, timedelta, timezone
 
 from pyspark.sql import DataFrame, Row
@@ -18,7 +19,7 @@ from cluster.settings import Settings
 from cluster.storage import Zone, open_lake, open_profile_store
 from spark_jobs.common import exclude_forgotten
 
-__all__ = ["rfm", "default_as_of", "main", "RFM_COLUMNS", "new_run_id"]
+__all__ = ["rfm", "consumption_level", "default_as_of", "main", "RFM_COLUMNS", "new_run_id", "DAYS_PER_MONTH"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,11 @@ RFM_COLUMNS = {
     "monetary": "f:rfm_monetary",
     "as_of": "f:rfm_as_of",
     "run_id": "f:rfm_run",
+    "avg_monthly_spend": "f:avg_monthly_spend",
+    "consumption_level": "t:consumption_level",
 }
+#: Mean days per month of the Gregorian calendar (365.2425 / 12).
+DAYS_PER_MONTH = 30.436875
 
 Progress = Callable[[str, float], None]
 
@@ -69,6 +74,35 @@ def rfm(orders: DataFrame, as_of: date) -> DataFrame:
     )
 
 
+def consumption_level(orders: DataFrame, as_of: date, months: int, bands: Mapping[str, float]) -> DataFrame:
+    """Average monthly spend and its band per user with a paid order before ``as_of``.
+
+    The spend is the paid amount of the last ``months`` months (``months`` x
+    :data:`DAYS_PER_MONTH` days before ``as_of``) divided by the months the user could have
+    spent in that window: from their first paid order ever (before ``as_of``) to ``as_of``,
+    at least one month and at most ``months``; a new customer is not averaged over months
+    before they arrived. A user whose orders are all older than the window spends 0.
+
+    Args:
+        bands: Level name -> lowest average monthly spend (CNY) of the level; one bound is 0.
+
+    Returns:
+        ``user_id``, ``avg_monthly_spend`` (CNY, 2 decimals), ``consumption_level`` (the level
+        with the highest bound at or below the spend).
+    """
+    window_start = datetime.combine(as_of, datetime.min.time()) - timedelta(days=months * DAYS_PER_MONTH)
+    cutoff = datetime.combine(as_of, datetime.min.time())
+    paid = orders.where((F.col("status") == "paid") & (F.col("order_time") < F.lit(cutoff)))
+    seconds = F.lit(cutoff).cast("long") - F.min("order_time").cast("long")
+    tenure = F.least(F.greatest(seconds / F.lit(DAYS_PER_MONTH * 86_400), F.lit(1.0)), F.lit(float(months)))
+    recent = F.sum(F.when(F.col("order_time") >= F.lit(window_start), F.col("amount")).otherwise(0.0))
+    spend = paid.groupBy("user_id").agg(F.round(recent / tenure, 2).alias("avg_monthly_spend"))
+    level = None
+    for name, bound in sorted(bands.items(), key=lambda kv: kv[1]):
+        level = F.lit(name) if level is None else F.when(F.col("avg_monthly_spend") >= bound, F.lit(name)).otherwise(level)
+    return spend.withColumn("consumption_level", level)
+
+
 def default_as_of(orders: DataFrame) -> date:
     """The day after the last order in the data: a deterministic as-of date for a batch.
 
@@ -94,6 +128,8 @@ def _store_writer(settings: Settings, as_of: str, run_id: str) -> Callable[[Iter
                         RFM_COLUMNS["monetary"]: float(r.monetary),
                         RFM_COLUMNS["as_of"]: as_of,
                         RFM_COLUMNS["run_id"]: run_id,
+                        RFM_COLUMNS["avg_monthly_spend"]: float(r.avg_monthly_spend),
+                        RFM_COLUMNS["consumption_level"]: r.consumption_level,
                     },
                 )
                 for r in rows
@@ -131,16 +167,22 @@ def main(
     orders = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "orders")), lake)
     as_of = as_of or default_as_of(orders)
     step("computing RFM", 0.2)
-    features = rfm(orders, as_of).cache()
+    t = settings.tags
+    features = rfm(orders, as_of).join(consumption_level(orders, as_of, t.consumption_months, t.consumption_bands),
+                                       "user_id").cache()
     rel = f"rfm/run={run_id}"
     features.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
     users = features.count()
     step("writing profiles", 0.6)
-    features.select("user_id", "recency_days", "frequency", "monetary").foreachPartition(
+    features.select("user_id", "recency_days", "frequency", "monetary", "avg_monthly_spend",
+                    "consumption_level").foreachPartition(
         _store_writer(settings, as_of.isoformat(), run_id)
     )
     features.unpersist()
-    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "users": users, "path": f"{Zone.FEATURES.value}/{rel}"}
+    levels = {r.consumption_level: r["count"] for r in features.groupBy("consumption_level").count().collect()}
+    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "users": users, "path": f"{Zone.FEATURES.value}/{rel}",
+            "consumption_levels": {k: levels.get(k, 0) for k in t.consumption_bands},
+            "consumption_months": t.consumption_months}
     lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
     lake.write_json(meta, Zone.FEATURES, "rfm", "latest.json")
     step("done", 1.0)

@@ -74,3 +74,32 @@ def campaign_metrics(table: pd.DataFrame, by: str, segments: pd.Series | None = 
             cost=cost, cpa=_ratio(cost, row.conversions) if cost > 0 else None, roi=_ratio(float(row.revenue), cost),
         ))
     return sorted(out, key=lambda g: -g.revenue)
+
+
+class CampaignDaily:
+    """``campaign_id -> its rows of the newest campaign_daily table`` (``pmkt features campaigns``),
+    the table re-read when a newer run is published (checked at most every ``refresh_s``)."""
+
+    def __init__(self, lake, refresh_s: float = 30.0) -> None:
+        import time
+
+        self._lake, self._refresh_s, self._clock = lake, refresh_s, time.monotonic
+        self._run: str | None = None
+        self._table: pd.DataFrame | None = None
+        self._checked = float("-inf")
+
+    def __call__(self, campaign_id: str) -> pd.DataFrame:
+        from cluster.feature_io import load_latest
+        from cluster.storage import Zone
+
+        now = self._clock()
+        if self._table is None or now - self._checked >= self._refresh_s:
+            self._checked = now
+            if not self._lake.exists(Zone.FEATURES, "campaign_daily", "latest.json"):
+                load_latest(self._lake, "campaign_daily")  # raises FailedPrecondition naming the command
+            run = self._lake.read_json(Zone.FEATURES, "campaign_daily", "latest.json")["run_id"]
+            if run != self._run:
+                self._table, _ = load_latest(self._lake, "campaign_daily")
+                self._run = run
+        table = self._table
+        return table[table["campaign_id"] == campaign_id]

@@ -9,7 +9,15 @@ or a shared drive, with nothing else beside it. Sections:
 4. recommendations: the served model against the popularity baselines;
 5. campaigns: ROI and CTR lift by channel (last-click attribution), campaign CTR differences
    with 95 % intervals (A/B-style comparisons against the other campaigns; significance after
-   Holm's correction), and the budget allocation of the article's example.
+   Holm's correction), and the budget allocation of the article's example;
+6. campaign goals: each campaign of ``evaluation.goals`` against its targets, attained and
+   projected to its end;
+7. funnels: users per step of the default funnel, by device and by segment, with conversion
+   and the median time between steps;
+8. consumption level: users per level of average monthly spend;
+9. predicted attributes: held-out accuracy against the majority class and calibration;
+10. demand and time-slot discounts: the weekly demand forecast by slot, its held-out error, the
+   elasticity per category, and a discount plan for the most price-elastic category.
 
 A section whose inputs do not exist yet (no churn model, no campaign table) says what to run
 instead of failing the report. Each figure is a ``<figure data-plot="<id>">``; a small script
@@ -34,6 +42,7 @@ import pandas as pd
 
 from cluster.errors import FailedPrecondition, NotFound
 from cluster.settings import Settings
+from ray_apps.segments.service import user_segments_of
 
 __all__ = ["PLOT_IDS", "Section", "build_report", "mean_survival", "plot_count", "render_html", "write_report"]
 
@@ -42,7 +51,8 @@ Progress = Callable[[str, float], None]
 
 #: Every figure a complete report holds, in order.
 PLOT_IDS = ("segment-sizes", "segment-centroids", "segment-elbow", "ctr-roc", "ctr-calibration",
-            "churn-survival", "recs-metrics", "roi-by-channel", "campaign-ab", "budget-allocation")
+            "churn-survival", "recs-metrics", "roi-by-channel", "campaign-ab", "budget-allocation", "goal-gap",
+            "funnel-steps", "consumption-levels", "attribute-calibration", "demand-forecast", "discount-plan")
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf"]
 
@@ -180,19 +190,6 @@ def _ctr(registry, lake) -> Section:
     return section
 
 
-def _user_segments(lake, segment_model) -> pd.Series:
-    """user_id -> segment name, by the segments model on the newest RFM (and CLV) features."""
-    from cluster.feature_io import load_latest
-
-    features, _ = load_latest(lake, "rfm")
-    if "clv_predicted" in getattr(segment_model, "features_", ()):
-        clv, _ = load_latest(lake, "clv", ["user_id", "clv_predicted"])
-        features = features.merge(clv, on="user_id", how="inner")
-        features["clv_predicted"] = features["clv_predicted"].fillna(0.0).clip(lower=0.0)
-    names = np.array(segment_model.names_)[segment_model.predict(features)]
-    return pd.Series(names, index=features["user_id"].to_numpy())
-
-
 def mean_survival(curves: list[list[list[float]]], step: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """The mean of survival curves ``[[day, S(day)], ...]`` on a common grid of days.
 
@@ -327,6 +324,218 @@ def _campaigns(settings: Settings, lake, user_segments: Callable[[], pd.Series] 
     return section
 
 
+def _funnels(settings: Settings, lake, user_segments: Callable[[], pd.Series] | None) -> Section:
+    from ray_apps.funnels.funnel import funnel_stats, load_funnel_table
+
+    table = load_funnel_table(lake)
+    name = "default" if "default" in table.definitions else next(iter(table.definitions))
+    definition = table.definitions[name]
+    overall, by_device = funnel_stats(table, name, "device")
+    section = Section("Funnels",
+                      f"Funnel {name}: {' > '.join(definition['steps'])} within {definition['window_hours']:g} hours "
+                      "of the first step (windowFunnel semantics, docs/funnels.md), from the behaviour events.")
+    fig, ax = _figure()
+    steps = [s.action for s in overall.steps]
+    x = np.arange(len(steps))
+    ax.bar(x, [s.users for s in overall.steps], color=_PALETTE[0], alpha=0.35, label="all users")
+    for i, g in enumerate(sorted(by_device, key=lambda g: -g.users)[:5]):
+        first = max(g.users, 1)
+        ax.plot(x, [overall.users * s.users / first for s in g.steps], "o-", color=_PALETTE[i + 1],
+                label=f"{g.group} (scaled)")
+    for xi, s in zip(x, overall.steps):
+        ax.annotate(f"{s.users:,}", (xi, s.users), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, steps)
+    ax.set_ylabel("users reaching the step")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(f"Funnel {name}: users per step, and per device scaled to the same start")
+    section.figures.append(Figure("funnel-steps", "Bars: users who reached each step; lines: each device's "
+                                  "conversion from the first step, scaled to all users.", _svg(fig)))
+
+    def rows(groups, label):
+        out = []
+        for g in groups:
+            row = {label: g.group, "entered": g.users}
+            for s in g.steps[1:]:
+                row[f"{s.action} / previous"] = s.conversion_from_previous
+                row[f"median s to {s.action}"] = s.median_s_from_previous
+            row["converted (last / first)"] = g.steps[-1].conversion_from_first
+            out.append(row)
+        return pd.DataFrame(out)
+
+    section.tables.append(_table(rows([overall, *by_device], "device")))
+    if user_segments is not None:
+        segments = user_segments()
+        _, by_segment = funnel_stats(table, name, "segment",
+                                     segment_of=lambda ids: [segments.get(u, "(none)") for u in ids])
+        section.tables.append(_table(rows(by_segment, "segment")))
+    return section
+
+
+def _attributes(registry, lake) -> Section:
+    from cluster.feature_io import load_latest
+
+    model, version = registry.load("attributes")
+    m = version.metrics
+    target = m.get("target", "gender")
+    section = Section(f"Predicted {target}",
+                      f"A classifier of {target} from behaviour (category, device and hour shares), trained on users "
+                      "who declared it and measured on held-out declared users. A prediction is stored only at "
+                      f"probability {m.get('min_probability', 0):.2f} or more, marked as predicted, and never "
+                      "replaces a declared value.")
+    rows = [r for r in m.get("reliability", []) if r.get("count")]
+    fig, ax = _figure(5.0, 3.6)
+    ax.plot([0.5, 1], [0.5, 1], ls=":", color="grey", lw=0.8, label="perfectly calibrated")
+    ax.plot([r["mean_predicted"] for r in rows], [r["observed_rate"] for r in rows], "o-", color=_PALETTE[0],
+            label=f"model {version.version}")
+    for r in rows:
+        ax.annotate(f"{r['count']}", (r["mean_predicted"], r["observed_rate"]), fontsize=7, xytext=(3, -9),
+                    textcoords="offset points")
+    ax.set_xlabel("predicted probability of the chosen value")
+    ax.set_ylabel("observed share correct")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(f"Calibration on {m.get('test_users', 0):,} held-out users (ECE {m.get('test_ece', float('nan')):.3f})")
+    section.figures.append(Figure("attribute-calibration", "Numbers: held-out users per bin.", _svg(fig)))
+    table = {"held-out accuracy": m.get("test_accuracy"),
+             f"majority class ({m.get('majority_class')}) accuracy": m.get("majority_accuracy"),
+             "log loss": m.get("test_log_loss"), "log loss of the class prior": m.get("prior_log_loss"),
+             "Brier score": m.get("test_brier"), "stored share (coverage)": m.get("test_coverage"),
+             "accuracy of stored predictions": m.get("test_stored_accuracy")}
+    features, _ = load_latest(lake, "attributes", ["user_id", "declared"])
+    table["users without a declared value"] = int(features["declared"].fillna("").eq("").sum())
+    section.tables.append(_table(pd.DataFrame([{"metric": k, "value": v} for k, v in table.items()])))
+    return section
+
+
+def _consumption(settings: Settings, lake) -> Section:
+    from cluster.feature_io import load_latest
+
+    table, meta = load_latest(lake, "rfm")
+    if "consumption_level" not in table.columns:
+        raise FailedPrecondition("the RFM table predates consumption levels: run `pmkt features rfm` again")
+    bands = sorted(settings.tags.consumption_bands.items(), key=lambda kv: kv[1])
+    section = Section("Consumption level",
+                      f"Average monthly spend over the last {settings.tags.consumption_months} months (a new customer "
+                      "is averaged over the months since their first order), in the bands of tags.consumption_bands. "
+                      "Use the levels in audiences: `pmkt audience --level high --level premium`.")
+    counts = table["consumption_level"].value_counts()
+    names = [n for n, _ in bands]
+    fig, ax = _figure()
+    bars = ax.bar(names, [int(counts.get(n, 0)) for n in names], color=_PALETTE[: len(names)])
+    for bar, n in zip(bars, names):
+        ax.annotate(f"{int(counts.get(n, 0)):,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("users with a paid order")
+    ax.set_title(f"Users per consumption level (RFM run {meta['run_id']})")
+    section.figures.append(Figure("consumption-levels", "Lower bound of each level: " + ", ".join(
+        f"{n} {b:,.0f} CNY/month" for n, b in bands) + ".", _svg(fig)))
+    grouped = table.groupby("consumption_level").agg(
+        users=("user_id", "count"), mean_monthly_spend=("avg_monthly_spend", "mean"),
+        median_frequency=("frequency", "median"), median_recency_days=("recency_days", "median"))
+    section.tables.append(_table(grouped.reindex([n for n in names if n in grouped.index]).reset_index()
+                                 .rename(columns={"consumption_level": "level"})))
+    return section
+
+
+def _goals(settings: Settings, lake) -> Section:
+    from protos.marketing.v1 import experiment_pb2 as epb
+    from ray_apps.evaluation.campaigns import CampaignDaily
+    from ray_apps.evaluation.service import goal_gap_of
+
+    goals = settings.evaluation.goals
+    if not goals:
+        raise FailedPrecondition("no campaign targets in settings (evaluation.goals)")
+    section = Section("Campaign goals",
+                      "Each campaign of evaluation.goals against its targets: attained so far and projected to its "
+                      "last day along the linear trend of the last 14 days (budget: spend, a cap).")
+    daily = CampaignDaily(lake)
+    rows, answers = [], []
+    for campaign, goal in list(goals.items())[:6]:
+        request = epb.GoalGapRequest(
+            campaign_id=campaign, targets=epb.GoalTargets(**goal.targets()),
+            start_date=goal.start_date.isoformat() if goal.start_date else "",
+            end_date=goal.end_date.isoformat() if goal.end_date else "", duration_days=goal.duration_days or 0)
+        answer = goal_gap_of(request, daily)
+        answers.append(answer)
+        for g in answer.goals:
+            rows.append({"campaign": campaign, "as of": answer.as_of, "end": answer.end_date, "metric": g.metric,
+                         "target": g.target, "attained": g.attained, "gap": g.gap,
+                         "trend / day": g.trend_per_day, "projected": g.projected if g.HasField("projected") else None,
+                         "on track": ("yes" if g.on_track else "no") if g.HasField("on_track") else "–",
+                         "needed / day": g.required_per_day if g.HasField("required_per_day") else None})
+    labels = [f"{r['campaign']} {r['metric']}" for r in rows]
+    attained = [100 * r["attained"] / r["target"] if r["target"] else 0.0 for r in rows]
+    projected = [100 * (r["projected"] or 0.0) / r["target"] if r["target"] else 0.0 for r in rows]
+    fig, ax = _figure(6.4, 0.9 + 0.35 * len(rows))
+    y = np.arange(len(rows))
+    ax.barh(y + 0.2, attained, height=0.4, color=_PALETTE[0], label="attained")
+    ax.barh(y - 0.2, projected, height=0.4, color=_PALETTE[1], label="projected at the end")
+    ax.axvline(100, color="grey", lw=0.8, ls=":")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of target")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("Campaign goals: attained and projected, % of target")
+    section.figures.append(Figure("goal-gap", "Budget is a cap: on track while the projected spend stays under "
+                                  "100 %. " + "; ".join(f"{a.campaign_id}: day {a.days_elapsed} of "
+                                                        f"{a.days_elapsed + a.days_remaining}" for a in answers) + ".",
+                                  _svg(fig)))
+    section.tables.append(_table(pd.DataFrame(rows)))
+    return section
+
+
+def _pricing(settings: Settings, registry) -> Section:
+    from ray_apps.pricing.discounts import propose_discounts
+
+    model, version = registry.load("demand")
+    m = version.metrics
+    p = settings.pricing
+    section = Section(
+        "Demand and time-slot discounts",
+        "A Poisson model of paid orders per category, date and hour (hour-of-day, weekday, trend and the "
+        "log price index per category) gives each category's weekly demand by slot and its own-price elasticity. "
+        f"Held-out error over the last {m.get('holdout_days', '?')} days, per category x weekday x hour: "
+        f"MAPE {m.get('holdout_mape_slot', float('nan')):.1%}, R² {m.get('holdout_r2_slot', float('nan')):.3f}; "
+        f"per category x day: MAPE {m.get('holdout_mape_day', float('nan')):.1%}, "
+        f"R² {m.get('holdout_r2_day', float('nan')):.3f}. The discounts assume a discount moves no demand "
+        "from other slots or categories (docs/pricing.md).")
+    cats = list(model.categories_)
+    # The category with the most demand leads the figures.
+    weekly = {c: model.weekly_demand(c) for c in cats}
+    lead = max(cats, key=lambda c: weekly[c].sum())
+    fig, ax = _figure(6.4, 2.6)
+    image = ax.imshow(weekly[lead], aspect="auto", cmap="viridis")
+    ax.set_yticks(range(7), ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
+    ax.set_xticks(range(0, 24, 3), [f"{h}:00" for h in range(0, 24, 3)])
+    fig.colorbar(image, ax=ax, label="orders / week")
+    ax.set_title(f"Forecast orders per slot, the largest category (demand {version.version})")
+    section.figures.append(Figure("demand-forecast", f"Category {lead}: expected paid orders in each hour of a coming "
+                                  "week at list price.", _svg(fig)))
+    elastic = max(cats, key=lambda c: model.elasticity_[c])
+    base = weekly[elastic]
+    budget = p.report_budget_share * float(base.sum()) * model.order_value_[elastic]
+    plan = propose_discounts(base, elasticity=model.elasticity_[elastic], order_value=model.order_value_[elastic],
+                             margin_rate=p.margin_rate, budget=budget, levels=p.discount_levels,
+                             max_discount=p.max_discount, offpeak_quantile=p.offpeak_quantile)
+    grid = np.array([s.discount for s in plan.slots]).reshape(7, 24) * 100
+    fig, ax = _figure(6.4, 2.6)
+    image = ax.imshow(grid, aspect="auto", cmap="Oranges", vmin=0, vmax=max(100 * p.max_discount, 1))
+    ax.set_yticks(range(7), ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
+    ax.set_xticks(range(0, 24, 3), [f"{h}:00" for h in range(0, 24, 3)])
+    fig.colorbar(image, ax=ax, label="discount %")
+    ax.set_title("Proposed off-peak discounts, the most price-elastic category")
+    section.figures.append(Figure(
+        "discount-plan", f"Category {elastic} (elasticity {model.elasticity_[elastic]:.2f}), margin rate "
+        f"{p.margin_rate:.0%}, budget {budget:,.0f} CNY a week ({p.report_budget_share:.0%} of list revenue): "
+        f"expected margin {plan.expected_margin:,.0f} CNY against {plan.base_margin:,.0f} without discounts, "
+        f"{plan.discount_spend:,.0f} CNY spent ({plan.status}).", _svg(fig)))
+    section.tables.append(_table(pd.DataFrame([{
+        "category": c, "elasticity": model.elasticity_[c], "standard error": model.elasticity_se_[c],
+        "orders / week": weekly[c].sum(), "order value (CNY)": model.order_value_[c],
+        "discount pays (e x margin > 1)": "yes" if model.elasticity_[c] * p.margin_rate > 1 else "no"}
+        for c in cats])))
+    return section
+
+
 def build_report(settings: Settings, progress: Progress | None = None) -> list[Section]:
     """Compute every section; a missing input leaves its section with a note, not an error."""
     from cluster.storage import open_lake
@@ -350,7 +559,7 @@ def build_report(settings: Settings, progress: Progress | None = None) -> list[S
     step("segments", 0.0)
     segment_model = attempt("Customer segments", "run `pmkt tune segments`", lambda: _segments(registry))
     # Every user's segment, computed once for the sections that group by it.
-    user_segments = None if segment_model is None else functools.cache(lambda: _user_segments(lake, segment_model))
+    user_segments = None if segment_model is None else functools.cache(lambda: user_segments_of(lake, segment_model))
     step("ctr", 0.2)
     attempt("Click-through rate model", "run `pmkt features tables` and `pmkt tune ctr`", lambda: _ctr(registry, lake))
     step("churn", 0.4)
@@ -361,8 +570,16 @@ def build_report(settings: Settings, progress: Progress | None = None) -> list[S
                 lambda: _churn(registry, lake, user_segments))
     step("recommendations", 0.6)
     attempt("Recommendations", "run `pmkt tune recs`", lambda: _recs(registry))
-    step("campaigns", 0.8)
+    step("campaigns", 0.7)
     attempt("Campaigns and budget", "run `pmkt features campaigns`", lambda: _campaigns(settings, lake, user_segments))
+    attempt("Campaign goals", "set evaluation.goals and run `pmkt features campaigns`", lambda: _goals(settings, lake))
+    attempt("Funnels", "run `pmkt features funnels`", lambda: _funnels(settings, lake, user_segments))
+    step("profiles and pricing", 0.85)
+    attempt("Consumption level", "run `pmkt features rfm`", lambda: _consumption(settings, lake))
+    attempt("Predicted attributes", "run `pmkt features attributes` and `pmkt tune attributes`",
+            lambda: _attributes(registry, lake))
+    attempt("Demand and time-slot discounts", "run `pmkt features demand` and `pmkt tune demand`",
+            lambda: _pricing(settings, registry))
     step("done", 1.0)
     return sections
 

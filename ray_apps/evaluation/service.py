@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import ParseDict, ParseError
 
-from cluster.errors import InvalidArgument
+from cluster.errors import InvalidArgument, NotFound
 from protos.marketing.v1 import experiment_pb2 as pb
-from ray_apps.evaluation import abtest
+from ray_apps.evaluation import abtest, goals
 from ray_apps.evaluation.segments import segment_significance
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["HTTP_ROUTES", "parse_request", "analyze_conversions", "compare_means", "sequential_test", "sample_size",
-           "segment_significance_of", "MAX_VARIANTS", "MAX_VALUES", "MAX_LOOKS", "MAX_SEGMENTS"]
+           "segment_significance_of", "goal_gap_of", "MAX_VARIANTS", "MAX_VALUES", "MAX_LOOKS", "MAX_SEGMENTS"]
 
 MAX_VARIANTS = 20
 MAX_VALUES = 1_000_000
@@ -219,6 +224,72 @@ def segment_significance_of(request: pb.SegmentSignificanceRequest) -> pb.Segmen
     )
 
 
+
+
+def _day(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(f"{field} must be a date YYYY-MM-DD, got {value!r}", field=field) from None
+
+
+def goal_gap_of(request: pb.GoalGapRequest,
+                load_daily: Callable[[str], pd.DataFrame] | None = None) -> pb.GoalGapResponse:
+    """``GoalGap``: the request's daily results, or the campaign's from ``load_daily(campaign_id)``
+    (a frame with ``date`` and :data:`goals.DAILY_FIELDS`; empty when the campaign is unknown)."""
+    import pandas as pd
+
+    targets = {m: getattr(request.targets, m) for m in goals.METRICS if request.targets.HasField(m)}
+    if not targets:
+        raise InvalidArgument("targets: give at least one of " + ", ".join(goals.METRICS), field="targets")
+    if bool(request.end_date) == bool(request.duration_days):
+        raise InvalidArgument("give end_date or duration_days (one of them)", field="end_date")
+    if not 0 <= request.duration_days <= 3660:
+        raise InvalidArgument("duration_days must be 1 to 3,660", field="duration_days")
+    given_end = _day(request.end_date, "end_date") if request.end_date else None
+    given_start = _day(request.start_date, "start_date") if request.start_date else None
+    given_as_of = _day(request.as_of, "as_of") if request.as_of else None
+    if request.trend_days < 0 or request.trend_days == 1:
+        raise InvalidArgument("trend_days must be 2 or more (0 = 14)", field="trend_days")
+    if request.daily:
+        if len(request.daily) > MAX_LOOKS:
+            raise InvalidArgument(f"daily holds more than {MAX_LOOKS:,} days", field="daily")
+        rows = []
+        for i, d in enumerate(request.daily):
+            rows.append({"date": _day(d.date, f"daily[{i}].date"),
+                         **{f: getattr(d, f) for f in goals.DAILY_FIELDS}})
+        frame = pd.DataFrame(rows)
+        if frame["date"].duplicated().any():
+            raise InvalidArgument("daily names a date twice", field="daily")
+        campaign = request.campaign_id
+    else:
+        if not request.campaign_id or len(request.campaign_id) > 64:
+            raise InvalidArgument("campaign_id (1 to 64 characters) is required when daily is empty",
+                                  field="campaign_id")
+        if load_daily is None:
+            raise InvalidArgument("give daily: this caller reads no campaign results", field="daily")
+        frame = load_daily(request.campaign_id)
+        if frame.empty:
+            raise NotFound(f"campaign {request.campaign_id!r} has no results", field="campaign_id")
+        frame = frame.assign(date=pd.to_datetime(frame["date"]).dt.date)
+        campaign = request.campaign_id
+    start = given_start or min(frame["date"])
+    end = given_end or start + timedelta(days=request.duration_days - 1)
+    as_of = given_as_of or min(max(frame["date"]), end)
+    if as_of < start:
+        raise InvalidArgument(f"as_of {as_of} is before start_date {start} (no results in the campaign's period)",
+                              field="as_of")
+    days = pd.date_range(start, as_of, freq="D").date
+    window = frame[(frame["date"] >= start) & (frame["date"] <= as_of)].groupby("date")[list(goals.DAILY_FIELDS)].sum()
+    window = window.reindex(days, fill_value=0)
+    results = goals.goal_gap(targets, {f: window[f].to_numpy(dtype=float) for f in goals.DAILY_FIELDS},
+                             start=start, end=end, as_of=as_of, trend_days=request.trend_days or 14)
+    return _finite(pb.GoalGapResponse(
+        campaign_id=campaign, start_date=start.isoformat(), end_date=end.isoformat(), as_of=as_of.isoformat(),
+        days_elapsed=(as_of - start).days + 1, days_remaining=(end - as_of).days,
+        goals=[pb.GoalGap(**{k: v for k, v in vars(r).items() if v is not None}) for r in results]), "targets")
+
+
 #: ``POST /v1/experiments/<name>``: the request message each takes and the computation.
 HTTP_ROUTES = {
     "conversions": (pb.AnalyzeConversionsRequest, analyze_conversions),
@@ -226,4 +297,5 @@ HTTP_ROUTES = {
     "sequential": (pb.SequentialTestRequest, sequential_test),
     "sample-size": (pb.SampleSizeRequest, sample_size),
     "segments": (pb.SegmentSignificanceRequest, segment_significance_of),
+    "goal-gap": (pb.GoalGapRequest, goal_gap_of),
 }

@@ -13,11 +13,15 @@ tags           ``t:tfidf_top``: JSON ``[["<kind>:<tag>", weight], ...]`` (TF-IDF
                spark_jobs/tags.py), split into kind and tag
 behaviour      every other ``t:`` cell, as text (top categories/brands, last viewed,
                cart abandonments, purchases per category; docs/features-tags.md)
-rfm            ``f:rfm_recency_days``, ``f:rfm_frequency``, ``f:rfm_monetary``, ``f:rfm_as_of``
+rfm            ``f:rfm_recency_days``, ``f:rfm_frequency``, ``f:rfm_monetary``, ``f:rfm_as_of``,
+               ``f:avg_monthly_spend``, ``t:consumption_level``
 scores         ``m:clv_historic``, ``m:clv_predicted``, ``m:p_alive``,
                ``m:expected_purchases``, ``m:churn_risk``
 updated        ``f:profile_built_at``
 segment        computed from ``rfm`` with the currently served segmentation model
+predicted      ``m:predicted_<name>`` (JSON, :mod:`ray_apps.attributes.cells`) for each
+               predictable attribute, listed only while ``a:<name>`` is empty: a declared
+               value always wins, even before the next prediction run retracts the cell
 =============  =========================================================================
 """
 
@@ -30,6 +34,7 @@ from collections.abc import Sequence
 from cluster.errors import InvalidArgument, NotFound
 from cluster.storage import ProfileStore, decode_counter, decode_flag, decode_float, decode_str
 from protos.marketing.v1 import profile_pb2
+from ray_apps.attributes.cells import PREDICTABLE, decode_prediction, predicted_cell
 from ray_apps.segments.service import (
     EXTRA_CELLS,
     RFM_CELLS,
@@ -52,10 +57,12 @@ PROFILE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "counters": ((), ("c",)),
     "tags": ((), ("t",)),
     "behaviour": ((), ("t",)),
-    "rfm": (RFM_CELLS, ()),
+    "rfm": ((*RFM_CELLS, "f:avg_monthly_spend", "t:consumption_level"), ()),
     "scores": (tuple(f"m:{c}" for c in SCORE_CELLS), ()),
     "updated": (("f:profile_built_at",), ()),
     "segment": ((*RFM_CELLS, *EXTRA_CELLS.values()), ()),
+    # The declared cells come along: a prediction is shown only while its attribute is undeclared.
+    "predicted": ((*(predicted_cell(n) for n in PREDICTABLE), *(f"a:{n}" for n in PREDICTABLE)), ()),
 }
 WEIGHTED_CELL = "t:tfidf_top"
 
@@ -153,6 +160,10 @@ class ProfileLookup:
         p.rfm.monetary = round(decode_float(cells["f:rfm_monetary"]), 2)
         if "f:rfm_as_of" in cells:
             p.rfm.as_of = decode_str(cells["f:rfm_as_of"])
+        if "t:consumption_level" in cells:
+            p.rfm.consumption_level = decode_str(cells["t:consumption_level"])
+        if "f:avg_monthly_spend" in cells:
+            p.rfm.avg_monthly_spend = round(decode_float(cells["f:avg_monthly_spend"]), 2)
 
     def _fill_scores(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
         for name in SCORE_CELLS:
@@ -162,6 +173,15 @@ class ProfileLookup:
     def _fill_updated(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
         if "f:profile_built_at" in cells:
             p.updated = decode_str(cells["f:profile_built_at"])
+
+    def _fill_predicted(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
+        for name in sorted(PREDICTABLE):
+            declared = cells.get(f"a:{name}")
+            if declared is not None and decode_str(declared).strip():
+                continue  # the user's own value stands; the prediction is stale
+            pred = decode_prediction(cells.get(predicted_cell(name)))
+            if pred is not None:
+                p.predicted.append(profile_pb2.PredictedAttribute(name=name, **pred))
 
     def _fill_segment(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
         if self.segments is None or not all(c in cells for c in RFM_CELLS[:3]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,7 +16,10 @@ from ray_apps.current import CurrentModel
 from ray_apps.registry import ModelRegistry, ModelVersion
 from ray_apps.segments.model import RFMSegmenter
 
-__all__ = ["SegmentLookup", "CurrentSegmentModel", "validate_user_id", "RFM_CELLS", "MODEL_NAME"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["SegmentLookup", "CurrentSegmentModel", "validate_user_id", "user_segments_of", "RFM_CELLS", "MODEL_NAME"]
 
 MODEL_NAME = "segments"
 
@@ -107,3 +111,18 @@ class CurrentSegmentModel(CurrentModel[SegmentLookup]):
             FailedPrecondition: no segments model has been trained yet.
         """
         return self.get()
+
+
+def user_segments_of(lake, segment_model) -> "pd.Series":
+    """user_id -> segment name, by the segments model on the newest RFM (and CLV) features."""
+    import pandas as pd
+
+    from cluster.feature_io import load_latest
+
+    features, _ = load_latest(lake, "rfm")
+    if "clv_predicted" in getattr(segment_model, "features_", ()):
+        clv, _ = load_latest(lake, "clv", ["user_id", "clv_predicted"])
+        features = features.merge(clv, on="user_id", how="inner")
+        features["clv_predicted"] = features["clv_predicted"].fillna(0.0).clip(lower=0.0)
+    names = np.array(segment_model.names_)[segment_model.predict(features)]
+    return pd.Series(names, index=features["user_id"].to_numpy())

@@ -17,6 +17,10 @@ ExperimentService  ``AnalyzeConversions``               ``POST /v1/experiments/c
                    ``SequentialTest``                   ``POST /v1/experiments/sequential``
                    ``SampleSize``                       ``POST /v1/experiments/sample-size``
                    ``SegmentSignificance``              ``POST /v1/experiments/segments``
+                   ``GoalGap``                          ``POST /v1/experiments/goal-gap``
+FunnelService      ``GetFunnel``                        ``GET /v1/funnels?funnel=&by=&from=&to=``
+PricingService     ``ForecastDemand``                   ``GET /v1/pricing/forecast?category=...``
+                   ``ProposeDiscounts``                 ``POST /v1/pricing/discounts``
 =================  ===================================  ==========================================
 
 Serve's gRPC proxy calls the deployment method named like the RPC; its HTTP proxy routes
@@ -48,7 +52,9 @@ from protos.marketing.v1 import (
     ctr_pb2,
     events_pb2,
     experiment_pb2,
+    funnel_pb2,
     offer_pb2,
+    pricing_pb2,
     profile_pb2,
     recommend_pb2,
     segment_pb2,
@@ -59,13 +65,17 @@ from ray_apps.channels.service import ChannelChooser
 from ray_apps.churn.service import ChurnScorer
 from ray_apps.ctr.service import CtrScorer
 from ray_apps.evaluation import service as experiments
+from ray_apps.evaluation.campaigns import CampaignDaily
 from ray_apps.current import CurrentModel
 from ray_apps.events.intake import EVENT_FIELDS, EventIntake, IntakeResult
+from ray_apps.funnels.latest import LatestFunnels
+from ray_apps.funnels.service import get_funnel, http_query_to_request
 from ray_apps.offers.service import OfferEngine
+from ray_apps.pricing.service import PricingAdvisor
 from ray_apps.profiles.service import ProfileLookup
 from ray_apps.recs.service import Recommender
 from ray_apps.registry import ModelRegistry
-from ray_apps.segments.service import CurrentSegmentModel
+from ray_apps.segments.service import CurrentSegmentModel, user_segments_of
 from ray_apps.serve.auth import ApiKeys, require_api_key
 from ray_apps.serve.auth import install as install_api_keys
 from ray_apps.serve.errors import grpc_method, install_http_error_handlers
@@ -87,6 +97,8 @@ GRPC_SERVICERS = [
     "protos.marketing.v1.budget_pb2_grpc.add_BudgetServiceServicer_to_server",
     "protos.marketing.v1.channel_pb2_grpc.add_ChannelServiceServicer_to_server",
     "protos.marketing.v1.experiment_pb2_grpc.add_ExperimentServiceServicer_to_server",
+    "protos.marketing.v1.pricing_pb2_grpc.add_PricingServiceServicer_to_server",
+    "protos.marketing.v1.funnel_pb2_grpc.add_FunnelServiceServicer_to_server",
     # The standard health service (grpc_health_probe, Kubernetes gRPC probes): Check only.
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
@@ -97,6 +109,7 @@ SERVICE_MODELS = {
     "marketing.v1.RecommendService": "recs", "marketing.v1.ChurnService": "churn",
     "marketing.v1.OfferService": "segments", "marketing.v1.BudgetService": None,
     "marketing.v1.ChannelService": "segments", "marketing.v1.ExperimentService": None,
+    "marketing.v1.PricingService": "demand", "marketing.v1.FunnelService": None,
 }
 
 def _require_api_key(authorization: str | None = Header(None, include_in_schema=False)) -> None:
@@ -109,7 +122,7 @@ http_app = FastAPI(
     title="Precision-marketing platform API",
     version="v1",
     description="Segments, 360° profiles, real-time events, CTR scores, recommendations, churn risk, "
-                "offers, budget allocation, channel choice and experiment statistics. Errors: 404 unknown user, "
+                "offers, budget allocation, channel choice, experiment statistics, goal gaps and time-slot pricing. Errors: 404 unknown user, "
                 "409 no model yet (or a precondition such as consent), 422 invalid argument "
                 "(the body names the field), 401 missing or unknown API key (when keys are configured: "
                 "send `Authorization: Bearer <key>`).",
@@ -247,6 +260,11 @@ class MarketingApi:
         bandit = ChannelBandit(store, ch.names, prior_alpha=ch.prior_alpha, prior_beta=ch.prior_beta)
         self._channels = ChannelChooser(store, self._segments, bandit, max_user_id_length=uid_max)
         self._offers = OfferEngine(store, self._channels, self._churn, settings.offers)
+        self._pricing = CurrentModel(registry, "demand", lambda m, mv: PricingAdvisor(m, mv, settings.pricing),
+                                     refresh_s=sv.model_refresh_s)
+        self._campaign_daily = CampaignDaily(lake, refresh_s=sv.model_refresh_s)
+        self._funnels = LatestFunnels(lake, refresh_s=sv.model_refresh_s)
+        self._lake = lake
         ev = settings.events
         tombstones = Tombstones(lake, ttl_s=ev.tombstone_ttl_s)
         self._intake = EventIntake(
@@ -289,7 +307,8 @@ class MarketingApi:
         if request.service not in SERVICE_MODELS:
             raise NotFound(f"unknown service {request.service!r}")
         family = SERVICE_MODELS[request.service]
-        holder = {"segments": self._segments, "ctr": self._ctr, "recs": self._recs, "churn": self._churn}.get(family)
+        holder = {"segments": self._segments, "ctr": self._ctr, "recs": self._recs, "churn": self._churn,
+                  "demand": self._pricing}.get(family)
         if holder is not None:
             holder.refresh()
             if holder.version is None:
@@ -493,16 +512,86 @@ class MarketingApi:
 
     @http_app.post(
         "/v1/experiments/{name}",
-        summary="Experiment statistics: name is conversions, means, sequential, sample-size or segments; "
-                "the body is the ExperimentService request message as JSON",
-        responses={404: {"description": "no such computation"}, 422: {"description": "a field out of range (named)"}},
+        summary="Experiment statistics: name is conversions, means, sequential, sample-size, segments or "
+                "goal-gap; the body is the ExperimentService request message as JSON",
+        responses={404: {"description": "no such computation, or (goal-gap) a campaign without results"},
+                   409: {"description": "goal-gap: no campaign_daily table yet"},
+                   422: {"description": "a field out of range (named)"}},
     )
     def experiment_http(self, name: str, body: dict = Body(...)) -> dict[str, Any]:
         if name not in experiments.HTTP_ROUTES:
             raise NotFound(f"no experiment computation {name!r}; one of {', '.join(experiments.HTTP_ROUTES)}",
                            field="name")
         request_type, compute = experiments.HTTP_ROUTES[name]
-        return _as_dict(compute(experiments.parse_request(body, request_type)))
+        request = experiments.parse_request(body, request_type)
+        if name == "goal-gap":
+            return _as_dict(compute(request, self._campaign_daily))
+        return _as_dict(compute(request))
+
+    @grpc_method(experiment_pb2.GoalGapResponse)
+    async def GoalGap(self, request: experiment_pb2.GoalGapRequest) -> experiment_pb2.GoalGapResponse:
+        return await asyncio.to_thread(experiments.goal_gap_of, request, self._campaign_daily)
+
+    # -- FunnelService -----------------------------------------------------------------------
+    def _funnel(self, request: funnel_pb2.GetFunnelRequest) -> funnel_pb2.FunnelResponse:
+        segment_of = None
+        if request.group_by == "segment":
+            lookup = self._segments.lookup()
+            segments = self._funnels.segments(lookup.version.ref, lambda: user_segments_of(self._lake, lookup.model))
+            segment_of = lambda ids: [segments.get(u, "(none)") for u in ids]  # noqa: E731
+        return get_funnel(request, self._funnels.get(), segment_of)
+
+    @grpc_method(funnel_pb2.FunnelResponse)
+    async def GetFunnel(self, request: funnel_pb2.GetFunnelRequest) -> funnel_pb2.FunnelResponse:
+        return await asyncio.to_thread(self._funnel, request)
+
+    @http_app.get(
+        "/v1/funnels",
+        summary="Users at each step of a funnel (funnels.definitions), conversion and drop-off between steps and "
+                "the median time between them, overall and by segment, channel or device",
+        responses={409: {"description": "no funnel table yet (or no segments model for by=segment)"},
+                   422: {"description": "unknown funnel, group or parameter; bad dates"}},
+    )
+    def funnel_http(self, funnel: str = Query("", description="funnel name; empty = default"),
+                    by: str = Query("", description="'', segment, channel or device"),
+                    from_: str = Query("", alias="from", description="first day of the first step, YYYY-MM-DD"),
+                    to: str = Query("", description="last day of the first step, YYYY-MM-DD")) -> dict[str, Any]:
+        request = http_query_to_request({"funnel": funnel, "by": by, "from": from_, "to": to})
+        return _as_dict(self._funnel(request))
+
+    # -- PricingService ----------------------------------------------------------------------
+    @grpc_method(pricing_pb2.ForecastDemandResponse)
+    async def ForecastDemand(self, request: pricing_pb2.ForecastDemandRequest) -> pricing_pb2.ForecastDemandResponse:
+        return self._pricing.get().forecast(request)
+
+    @http_app.get(
+        "/v1/pricing/forecast",
+        summary="Expected orders of a category in each weekday-hour slot of a coming week, with the elasticity "
+                "and the forecast's held-out error",
+        responses={409: {"description": "no demand model trained yet"},
+                   422: {"description": "unknown category or price_ratio out of range"}},
+    )
+    def forecast_http(self, category: str = Query("", description="a product category, e.g. 手机"),
+                      price_ratio: float = Query(0.0, description="price / list price, (0, 1.5]; 0 = 1")
+                      ) -> dict[str, Any]:
+        return _as_dict(self._pricing.get().forecast(
+            pricing_pb2.ForecastDemandRequest(category=category, price_ratio=price_ratio)))
+
+    @grpc_method(pricing_pb2.ProposeDiscountsResponse)
+    async def ProposeDiscounts(self, request: pricing_pb2.ProposeDiscountsRequest
+                               ) -> pricing_pb2.ProposeDiscountsResponse:
+        return await asyncio.to_thread(self._pricing.get().propose, request)
+
+    @http_app.post(
+        "/v1/pricing/discounts",
+        summary="Off-peak discounts per weekday-hour slot maximising the week's expected margin within a discount "
+                "budget; the body is the ProposeDiscountsRequest message as JSON",
+        responses={409: {"description": "no demand model trained yet"},
+                   422: {"description": "a field out of range (named)"}},
+    )
+    def discounts_http(self, body: dict = Body(...)) -> dict[str, Any]:
+        request = experiments.parse_request(body, pricing_pb2.ProposeDiscountsRequest)
+        return _as_dict(self._pricing.get().propose(request))
 
 def build_api_app(settings: Settings) -> Application:
     """Bind the deployment with autoscaling from ``settings.serve.autoscaling``."""

@@ -1,6 +1,7 @@
 """The end-to-end chain, run once per session on generated data with the embedded profile:
-generate -> ingest -> RFM -> CLV -> tags -> training tables -> profiles -> campaigns -> Tune (segments, and
-a smoke search of CTR, recommendations and churn) -> Serve. Each test checks one promise of it."""
+generate -> ingest -> RFM -> CLV -> tags -> training tables -> profiles -> campaigns -> funnels, demand and
+attribute features -> Tune (segments, and a smoke search of CTR, recommendations, churn, attributes and
+demand) -> predicted attributes -> Serve. Each test checks one promise of it."""
 
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ INACTIVITY_DAYS = 30
 @pytest.fixture(scope="session")
 def chain(settings_factory, tmp_path_factory, spark):
     from cluster.datagen import generate
+    from cluster.settings import CampaignGoal
+    from ray_apps.attributes.predict import predict_and_store
     from ray_apps.runtime import shutdown_ray
     from ray_apps.segments.tune import train_segments
     from ray_apps.serve.launcher import start_serving
     from ray_apps.tuning import get_spec, run_tune
-    from spark_jobs import campaigns, clv, ingest, profiles, rfm, tags, training_tables
+    from spark_jobs import attributes, campaigns, clv, demand, funnels, ingest, profiles, rfm, tags, training_tables
 
     settings = settings_factory()
+    # A campaign with targets, for the report's goal-gap section.
+    goal = CampaignGoal(duration_days=150, conversions=40, ctr=0.05, budget=30)
+    settings = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(
+        update={"goals": {"cmp001": goal}})})
     data = tmp_path_factory.mktemp("slice") / "input"
     generate(data, users=USERS, days=DAYS, seed=SEED)
     report_path = data.parent / "report.json"
@@ -33,9 +40,13 @@ def chain(settings_factory, tmp_path_factory, spark):
     tables_meta = training_tables.main(settings, inactivity_days=INACTIVITY_DAYS)
     profiles_meta = profiles.main(settings)
     campaigns_meta = campaigns.main(settings)
+    funnels_meta = funnels.main(settings)
+    demand_meta = demand.main(settings)
+    attributes.main(settings)
     model_version = train_segments(settings)
     tuned = {name: run_tune(settings, get_spec(name), scheduler="grid", smoke_test=True).version
-             for name in ("ctr", "recs", "churn")}
+             for name in ("ctr", "recs", "churn", "attributes", "demand")}
+    predicted = predict_and_store(settings)
     start_serving(settings)
     try:
         yield {
@@ -49,6 +60,9 @@ def chain(settings_factory, tmp_path_factory, spark):
             "tables": tables_meta,
             "profiles": profiles_meta,
             "campaigns": campaigns_meta,
+            "funnels": funnels_meta,
+            "demand": demand_meta,
+            "predicted": predicted,
             "model": model_version,
             "tuned": tuned,
             "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8")),

@@ -74,7 +74,9 @@ def pipeline(cluster_settings, tmp_path_factory):
          "--users", "1500", "--days", "90", "--seed", "5", "--smoke-test"],
         cwd=work, capture_output=True, text=True, timeout=1200,
         # 90 days cannot show a 90-day churn: a 30-day window gives the churn model churners.
-        env={**os.environ, "COLUMNS": "160", "PMKT_TRAINING_TABLES__INACTIVITY_DAYS": "30"},
+        # A campaign of the generated data with targets: the report's goal-gap section.
+        env={**os.environ, "COLUMNS": "160", "PMKT_TRAINING_TABLES__INACTIVITY_DAYS": "30",
+             "PMKT_EVALUATION__GOALS": "{cmp001: {duration_days: 120, conversions: 5, ctr: 0.05, budget: 20}}"},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     registry = ModelRegistry(lake)

@@ -120,3 +120,35 @@ def test_survival_curves_of_different_horizons_average_where_all_are_defined():
     days, mean = mean_survival([long, short])
     assert days.tolist() == [0.0, 7.0, 10.0]
     assert np.allclose(mean, [1.0, 0.7, (0.9 - 0.1 * 3 / 7 + 0.4) / 2])
+
+
+def test_the_daily_table_counts_each_local_day_and_first_reach_once(frames):
+    from spark_jobs.campaigns import campaign_daily
+
+    # UTC noon is 20:00 in Shanghai: the same local day.
+    rows = {(r.campaign_id, r.date.isoformat()): r.asDict() for r in campaign_daily(*frames).collect()}
+    c2 = rows[("c2", "2026-03-02")]
+    assert (c2["impressions"], c2["clicks"], c2["new_reach"]) == (1, 1, 1)
+    # u1's second c2 impression on 3 March reaches nobody new; o1 (4 March) and o2 (6 March)
+    # are c2's conversions on their own days.
+    assert (rows[("c2", "2026-03-03")]["impressions"], rows[("c2", "2026-03-03")]["new_reach"]) == (1, 0)
+    assert rows[("c2", "2026-03-04")]["conversions"] == 1 and rows[("c2", "2026-03-06")]["revenue"] == 50.0
+    assert rows[("c2", "2026-03-04")]["impressions"] == 0
+    # c1 reached u1 and u3 on 1 March, u4 on 5 March.
+    assert rows[("c1", "2026-03-01")]["new_reach"] == 2 and rows[("c1", "2026-03-05")]["new_reach"] == 1
+    # The daily conversions are attributed orders: the campaign table's "orders", per campaign.
+    totals = campaign_table(*frames).groupBy("campaign_id").sum("impressions", "orders").collect()
+    daily = campaign_daily(*frames).groupBy("campaign_id").sum("impressions", "conversions").collect()
+    assert sorted(map(tuple, totals)) == sorted(map(tuple, daily))
+
+
+def test_the_daily_table_uses_the_local_day(spark):
+    from spark_jobs.campaigns import campaign_daily
+
+    impressions = spark.createDataFrame([("i1", "u1", _t(1, 17), "c1", "sms", 0.0, False)],
+                                        "impression_id string, user_id string, ts timestamp, campaign_id string, "
+                                        "channel string, cost double, clicked boolean")
+    orders = spark.createDataFrame([], "order_id string, user_id string, order_time timestamp, amount double, "
+                                       "status string")
+    day = lambda tz: campaign_daily(impressions, orders, timezone=tz).collect()[0].date.isoformat()  # noqa: E731
+    assert (day("Asia/Shanghai"), day("UTC")) == ("2026-03-02", "2026-03-01")

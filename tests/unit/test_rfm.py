@@ -34,3 +34,29 @@ def test_default_as_of_is_day_after_last_order(spark):
         COLS,
     )
     assert default_as_of(orders) == date(2026, 7, 1)
+
+
+def test_consumption_level_averages_over_the_months_a_user_could_spend(spark):
+    from spark_jobs.rfm import DAYS_PER_MONTH, consumption_level
+
+    orders = spark.createDataFrame(
+        [
+            ("a1", "old", datetime(2025, 1, 5), 9000.0, "paid"),      # before the 6-month window
+            ("a2", "old", datetime(2026, 5, 1), 600.0, "paid"),       # 600 over 6 months: 100
+            ("b1", "new", datetime(2026, 6, 10), 1500.0, "paid"),     # 21 days of tenure count as 1 month
+            ("b2", "new", datetime(2026, 6, 12), 900.0, "refunded"),  # refunds do not count
+            ("c1", "mid", datetime(2026, 4, 1), 3000.0, "paid"),      # 91 days of tenure
+            ("d1", "gone", datetime(2025, 3, 1), 800.0, "paid"),      # nothing in the window: 0
+        ],
+        COLS,
+    )
+    bands = {"low": 0.0, "medium": 200.0, "high": 1000.0, "premium": 3000.0}
+    got = {r.user_id: (r.avg_monthly_spend, r.consumption_level)
+           for r in consumption_level(orders, date(2026, 7, 1), 6, bands).collect()}
+    mid = round(3000.0 / (91 / DAYS_PER_MONTH), 2)
+    assert got == {"old": (100.0, "low"), "new": (1500.0, "high"), "mid": (mid, "high"), "gone": (0.0, "low")}
+    assert 985 < mid < 1005
+    # Bands are read by their bounds, not their order: the same levels listed backwards.
+    backwards = dict(reversed(list(bands.items())))
+    assert {r.user_id: r.consumption_level
+            for r in consumption_level(orders, date(2026, 7, 1), 6, backwards).collect()}["new"] == "high"
