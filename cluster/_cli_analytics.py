@@ -4,19 +4,13 @@ API's own shape; the same requests go over gRPC and HTTP through ``MarketingClie
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from cluster._cli_experiment import _print  # the API's JSON shape, as `pmkt experiment` prints it
+
 __all__ = ["audience_cmd", "funnel_cmd", "goal_gap_cmd", "pricing_group"]
-
-
-def _print(message) -> None:
-    from google.protobuf.json_format import MessageToDict
-
-    click.echo(json.dumps(MessageToDict(message, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True), indent=2, ensure_ascii=False))
 
 
 @click.command("audience")
@@ -117,7 +111,7 @@ def goal_gap_cmd(c, campaign_id: str | None, end_date: str, duration_days: int |
     from protos.marketing.v1 import experiment_pb2 as pb
     from ray_apps.evaluation.campaigns import CampaignDaily
     from ray_apps.evaluation.goals import METRICS
-    from ray_apps.evaluation.service import goal_gap_of
+    from ray_apps.evaluation.service import goal_gap_of, goal_request
 
     settings = c.settings
     daily = CampaignDaily(open_lake(settings))
@@ -125,11 +119,7 @@ def goal_gap_cmd(c, campaign_id: str | None, end_date: str, duration_days: int |
         if not settings.evaluation.goals:
             raise InvalidArgument("give CAMPAIGN_ID and targets, or set evaluation.goals", field="campaign_id")
         for cid, goal in settings.evaluation.goals.items():
-            _print(goal_gap_of(pb.GoalGapRequest(
-                campaign_id=cid, targets=pb.GoalTargets(**goal.targets()),
-                start_date=goal.start_date.isoformat() if goal.start_date else "",
-                end_date=goal.end_date.isoformat() if goal.end_date else "", duration_days=goal.duration_days or 0,
-                as_of=as_of), daily))
+            _print(goal_gap_of(goal_request(cid, goal, as_of), daily))
         return
     parsed = {}
     for t in targets:

@@ -47,7 +47,10 @@ def call_services(settings: Settings, user_id: str, ad: dict[str, Any], category
     Raises:
         FailedPrecondition: the transports disagree.
     """
+    from google.protobuf.json_format import MessageToDict
+
     from ray_apps.client import MarketingClient
+    from ray_apps.evaluation.service import goal_request
 
     wait = settings.serve.model_refresh_s * 2 + 5
     out: dict[str, Any] = {}
@@ -71,10 +74,7 @@ def call_services(settings: Settings, user_id: str, ad: dict[str, Any], category
         }
         if settings.evaluation.goals:
             cid, goal = next(iter(settings.evaluation.goals.items()))
-            body = {"campaign_id": cid, "targets": goal.targets(),
-                    "start_date": goal.start_date.isoformat() if goal.start_date else "",
-                    "end_date": goal.end_date.isoformat() if goal.end_date else "",
-                    "duration_days": goal.duration_days or 0}
+            body = MessageToDict(goal_request(cid, goal), preserving_proto_field_name=True)
             pairs["goal_gap"] = (lambda: client.goal_gap(body), lambda: client.goal_gap_http(body),
                                  lambda r: [(g.metric, round(g.attained, 6), round(g.projected, 6)) for g in r.goals])
         if category:

@@ -437,9 +437,8 @@ def _consumption(settings: Settings, lake) -> Section:
 
 
 def _goals(settings: Settings, lake) -> Section:
-    from protos.marketing.v1 import experiment_pb2 as epb
     from ray_apps.evaluation.campaigns import CampaignDaily
-    from ray_apps.evaluation.service import goal_gap_of
+    from ray_apps.evaluation.service import goal_gap_of, goal_request
 
     goals = settings.evaluation.goals
     if not goals:
@@ -450,11 +449,7 @@ def _goals(settings: Settings, lake) -> Section:
     daily = CampaignDaily(lake)
     rows, answers = [], []
     for campaign, goal in list(goals.items())[:6]:
-        request = epb.GoalGapRequest(
-            campaign_id=campaign, targets=epb.GoalTargets(**goal.targets()),
-            start_date=goal.start_date.isoformat() if goal.start_date else "",
-            end_date=goal.end_date.isoformat() if goal.end_date else "", duration_days=goal.duration_days or 0)
-        answer = goal_gap_of(request, daily)
+        answer = goal_gap_of(goal_request(campaign, goal), daily)
         answers.append(answer)
         for g in answer.goals:
             rows.append({"campaign": campaign, "as of": answer.as_of, "end": answer.end_date, "metric": g.metric,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["HTTP_ROUTES", "parse_request", "analyze_conversions", "compare_means", "sequential_test", "sample_size",
-           "segment_significance_of", "goal_gap_of", "MAX_VARIANTS", "MAX_VALUES", "MAX_LOOKS", "MAX_SEGMENTS"]
+           "segment_significance_of", "goal_gap_of", "goal_request", "MAX_VARIANTS", "MAX_VALUES", "MAX_LOOKS", "MAX_SEGMENTS"]
 
 MAX_VARIANTS = 20
 MAX_VALUES = 1_000_000
@@ -231,6 +231,15 @@ def _day(value: str, field: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise InvalidArgument(f"{field} must be a date YYYY-MM-DD, got {value!r}", field=field) from None
+
+
+def goal_request(campaign_id: str, goal: Any, as_of: str = "") -> pb.GoalGapRequest:
+    """The GoalGap request of a campaign's configured targets (``cluster.settings.CampaignGoal``)."""
+    return pb.GoalGapRequest(
+        campaign_id=campaign_id, targets=pb.GoalTargets(**goal.targets()),
+        start_date=goal.start_date.isoformat() if goal.start_date else "",
+        end_date=goal.end_date.isoformat() if goal.end_date else "", duration_days=goal.duration_days or 0,
+        as_of=as_of)
 
 
 def goal_gap_of(request: pb.GoalGapRequest,
