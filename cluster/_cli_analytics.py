@@ -69,7 +69,7 @@ def funnel_cmd(c, name: str, by: str, from_date: str, to_date: str) -> None:
     `pmkt features funnels --steps view,cart,purchase --window-hours 48 --name quick`)."""
     from cluster.storage import open_lake
     from protos.marketing.v1 import funnel_pb2
-    from ray_apps.funnels.funnel import load_funnel_table
+    from ray_apps.funnels.funnel import NO_SEGMENT, load_funnel_table
     from ray_apps.funnels.service import get_funnel
 
     settings = c.settings
@@ -80,10 +80,12 @@ def funnel_cmd(c, name: str, by: str, from_date: str, to_date: str) -> None:
         from ray_apps.registry import ModelRegistry
 
         model, _ = ModelRegistry(lake).load("segments")
-        segments = user_segments_of(lake, model)
-        segment_of = lambda ids: [segments.get(u, "(none)") for u in ids]  # noqa: E731
+    table = load_funnel_table(lake)
+    if by == "segment":
+        segments = user_segments_of(lake, model, known_users=table.frame["user_id"].unique())
+        segment_of = lambda ids: [segments.get(u, NO_SEGMENT) for u in ids]  # noqa: E731
     request = funnel_pb2.GetFunnelRequest(funnel=name, group_by=by, from_date=from_date, to_date=to_date)
-    _print(get_funnel(request, load_funnel_table(lake), segment_of))
+    _print(get_funnel(request, table, segment_of))
 
 
 @click.command("goal-gap")

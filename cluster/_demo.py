@@ -265,8 +265,9 @@ def _sample_ad(settings: Settings) -> dict:
         meta = lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")
         row = lake.read_parquet(meta["path"], "split=test", columns=cols).iloc[0]
     except (PlatformError, IndexError):
-        return {"ad_id": "ad-demo", "channel": "feed", "ad_position": 1}
-    return {c: (int(row[c]) if c == "ad_position" else str(row[c])) for c in cols if row[c] is not None}
+        return {"ad_id": "ad-demo", "channel": "feed", "ad_position": "1"}
+    # every ad column is text in the contract and the API (ad_position may be "top_banner")
+    return {c: str(row[c]) for c in cols if row[c] is not None}
 
 
 def _sample_users(settings: Settings, rfm_meta: dict, n: int = 5) -> list[str]:

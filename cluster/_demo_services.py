@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cluster.errors import FailedPrecondition, PlatformError
+from cluster.errors import FailedPrecondition, NotFound, PlatformError
 from cluster.settings import Settings
 
 __all__ = ["ARTICLE_CHANNELS", "ARTICLE_BUDGET", "call_services"]
@@ -85,7 +85,9 @@ def call_services(settings: Settings, user_id: str, ad: dict[str, Any], category
         for name, (grpc_call, http_call, key) in pairs.items():
             try:
                 g = _served(grpc_call, wait)
-            except FailedPrecondition as exc:
+            except (FailedPrecondition, NotFound) as exc:
+                # a model not trained yet, or a settings example that is not in this data (the
+                # embedded profile's goal names campaign cmp001 of the generated data)
                 out[name] = exc.message
                 continue
             h = http_call()

@@ -1,29 +1,46 @@
 """``pmkt``: the platform's command line.
 
 Every command reads the same settings (``--profile`` / ``--settings``, or the
-``PMKT_PROFILE`` / ``PMKT_SETTINGS`` environment variables). Platform errors print one
-line and exit with status 2; ``-v`` shows debug logs.
+``PMKT_PROFILE`` / ``PMKT_SETTINGS`` environment variables).
+
+No traceback reaches the user: any failure prints one line on stderr that names the command
+(and, for ``pmkt demo``, the step), then what is at fault (file, field or setting, never a
+field value), and exits non-zero:
+
+* a platform error (:class:`~cluster.errors.PlatformError`) or a usage error exits with status 2:
+  ``error in pmkt ingest (orders.coupon): orders.csv: unknown column 'coupon' in the header ...``;
+* anything else is unexpected (a bug, or a back-end failing) and exits with status 1, its
+  type and first meaningful line only: ``error in pmkt tune ctr: ValueError: ... (run with -v
+  for the trace)``;
+* Ctrl-C exits with status 130.
+
+``-v`` shows info logs and, on failure, the full trace before the line; ``-vv`` debug logs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import click
 
 from cluster._cli_analytics import audience_cmd, funnel_cmd, goal_gap_cmd, pricing_group
 from cluster._cli_experiment import experiment_group
-from cluster._progress import console, err_console, progress_bar
+from cluster._progress import console, err_console, failed_step, progress_bar
 from cluster._render import print_segments, serve_until_interrupted
-from cluster.errors import InvalidArgument, PlatformError
+from cluster.errors import InvalidArgument, NotFound, PlatformError, describe, unwrap
 from cluster.settings import Settings, load_settings
 
 __all__ = ["main", "cli"]
 
 log = logging.getLogger(__name__)
+
+#: The command being run (its path, e.g. ``pmkt tune ctr``) and ``-v``'s count, for main()'s error line.
+_run: dict = {"path": "pmkt", "verbose": 0}
 
 
 class _Ctx:
@@ -69,6 +86,7 @@ def cli(ctx: click.Context, profile: str | None, settings_file: str | None, verb
     A/B statistics and channel-policy simulation: pmkt experiment ...
     Analytics: pmkt audience | funnel | goal-gap | pricing forecast|discounts
     """
+    _run["verbose"] = verbose
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.obj = _Ctx(profile, settings_file)
@@ -95,7 +113,7 @@ def data_group() -> None:
 
 @data_group.command("generate")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--users", default=20_000, show_default=True, type=click.IntRange(min=10), help="Number of users.")
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(100, 800_000), help="Number of users.")
 @click.option("--days", default=180, show_default=True, type=click.IntRange(min=7), help="Days of history.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed (same seed, same files).")
 @click.option(
@@ -103,17 +121,27 @@ def data_group() -> None:
     help="Last day of the history.",
 )
 @click.option("--defects/--no-defects", default=True, show_default=True, help="Plant defective rows.")
-def data_generate(out: Path, users: int, days: int, seed: int, end_date, defects: bool) -> None:
+@click.option(
+    "--style", type=click.Choice(["default", "varied"]), default="default", show_default=True,
+    help="Shape of the files. default: the usual files (same seed, same bytes). varied: the same simulated "
+         "behaviour in other shapes the data contract allows, as another company's export might look: "
+         "placement names as ad positions, other id patterns (user ids of 6-40 characters), ISO timestamps "
+         "with other offsets and fractions, a UTF-8 BOM and CRLF line ends, other cities, brands, channels, "
+         "campaigns and device names, and registered-only users on top of --users (2/7 more, so that about "
+         "30 % of the users have no order).",
+)
+def data_generate(out: Path, users: int, days: int, seed: int, end_date, defects: bool, style: str) -> None:
     """Write users.csv, orders.csv, events.jsonl and impressions.csv to OUT.
 
     The planted structure (archetypes, category preferences, click model, churn times) and
     the exact reconciliation ingest must report go to OUT/_truth/ (docs/synthetic-data.md).
+    With --style varied the truth is renamed to match and its manifest maps every name used.
     """
     from cluster.datagen import generate
 
     with progress_bar("generate") as progress:
         summary = generate(out, users=users, days=days, seed=seed, end_date=end_date.date(), defects=defects,
-                           progress=progress)
+                           progress=progress, style=style)
     for name, rows in summary.rows.items():
         console.print(f"{name:<12} {rows:>10,} rows")
     console.print(f"written to {out}")
@@ -279,7 +307,7 @@ def features_tables(c: _Ctx, as_of) -> None:
     from spark_jobs import training_tables
 
     t = c.settings.training_tables
-    with progress_bar("training tables") as progress:
+    with progress_bar("tables") as progress:
         meta = training_tables.main(
             c.settings, as_of=as_of.date() if as_of else None, progress=progress, inactivity_days=t.inactivity_days,
             hash_buckets=t.hash_buckets, min_count=t.min_count, test_fraction=t.test_fraction,
@@ -412,7 +440,8 @@ interruption resumes it (finished trials are kept); --fresh starts over. The reg
 version holds the model, its metrics, the trial table (tuning.json), the feature run and the
 code version; by default it becomes the version serving uses (`pmkt models rollback MODEL`
 undoes that).""")
-@click.argument("model", type=click.Choice(["segments", "ctr", "recs", "churn", "attributes", "demand"]))
+@click.argument("model", metavar="MODEL",
+                type=click.Choice(["segments", "ctr", "recs", "churn", "attributes", "demand"]))
 @click.option("--scheduler", type=click.Choice(["grid", "asha"]), default="grid", show_default=True,
               help="grid: every combination to completion; asha: --trials samples, weak ones stopped early.")
 @click.option("--trials", type=click.IntRange(min=1), default=None,
@@ -510,7 +539,7 @@ def models_list(c: _Ctx, model: str | None) -> None:
     for name in names:
         versions = reg.versions(name)
         if model and not versions:
-            raise click.ClickException(f"model {name} has no versions")
+            raise NotFound(f"model {name} has no versions: run `pmkt tune {name}`", field="model")
         try:
             current = reg.current_version(name)
         except PlatformError:
@@ -786,7 +815,7 @@ def segment_cmd(c: _Ctx, user_id: str, use_http: bool) -> None:
 @cli.command("demo")
 @click.option("--input", "input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Run on this folder (in the data contract) instead of generated data.")
-@click.option("--users", default=20_000, show_default=True, type=click.IntRange(min=50), help="Generated users.")
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(100, 800_000), help="Generated users.")
 @click.option("--days", default=180, show_default=True, type=click.IntRange(min=14), help="Generated days.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Generator seed.")
 @click.option("--smoke-test", is_flag=True, help="Small Tune search (three values of k).")
@@ -796,6 +825,13 @@ def demo_cmd(c: _Ctx, input_dir: Path | None, users: int, days: int, seed: int, 
              keep_serving: bool) -> None:
     """Run the whole chain once: generate, ingest, RFM, train segments, serve, call the API
     over gRPC and HTTP, print a summary, shut down. Exits non-zero on any failure."""
+    if input_dir is not None:
+        from spark_jobs.ingest import check_delivery
+
+        # A broken folder fails here in seconds, before the chain loads every stage's code.
+        with progress_bar("ingest") as progress:
+            progress(f"checking {input_dir}", 0.0)
+            check_delivery(c.settings, input_dir)
     from cluster._demo import run_demo
 
     run_demo(c.settings, input_dir=input_dir, users=users, days=days, seed=seed, smoke_test=smoke_test,
@@ -817,7 +853,8 @@ def report_cmd(c: _Ctx, output: Path | None) -> None:
         path, sections = write_report(c.settings, output, progress=progress)
     for s in sections:
         if s.missing:
-            console.print(f"[yellow]{s.title}: not available[/yellow] ({s.missing})", highlight=False)
+            console.print(f"[yellow]{s.title}: not available[/yellow] ({s.missing})", highlight=False,
+                          soft_wrap=True)
     console.print(f"report with {plot_count(sections)} plots written to {path}", highlight=False)
 
 
@@ -826,22 +863,87 @@ for _command in (audience_cmd, funnel_cmd, goal_gap_cmd, pricing_group):
     cli.add_command(_command)
 
 
+# -- the one error line -------------------------------------------------------------------
+def _record_path(command: click.Command) -> None:
+    """Wrap the callbacks of ``command`` and its subcommands so that main() knows which command
+    failed: each records its path when it starts, and the innermost one starts last. An
+    argument with a fixed choice names a step as a subcommand would (``pmkt tune ctr``)."""
+    callback = command.callback
+    if callback is not None and not getattr(callback, "_pmkt_recorded", False):
+        @functools.wraps(callback)
+        def recorded(*args, **kwargs):
+            ctx = click.get_current_context()
+            chosen = [str(ctx.params[p.name]) for p in ctx.command.params
+                      if isinstance(p, click.Argument) and isinstance(p.type, click.Choice)
+                      and ctx.params.get(p.name) is not None]
+            _run["path"] = " ".join([ctx.command_path, *chosen])
+            return callback(*args, **kwargs)
+
+        recorded._pmkt_recorded = True  # type: ignore[attr-defined]
+        command.callback = recorded
+    for sub in getattr(command, "commands", {}).values():
+        _record_path(sub)
+
+
+_record_path(cli)
+
+
+#: Click (8.2+) raises this for a group called without a command.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _where(exc: BaseException | None = None) -> str:
+    """``pmkt demo, step ingest``: the command, and the step that failed when the command's
+    name does not already say it."""
+    path = _run["path"]
+    step = failed_step(exc) if exc is not None else None
+    if step and not set(step.split()) <= set(path.split()):
+        return f"{path}, step {step}"
+    return path
+
+
+def _say(where: str, what: str) -> None:
+    click.echo(click.style("error", fg="red", bold=True) + f" in {where}: {what}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the CLI, turning platform errors into one-line messages."""
+    """Console entry point: run the CLI; any failure becomes one line on stderr.
+
+    Returns:
+        0, or the exit status: 2 for a platform error or a usage error, 1 for an unexpected
+        error (``-v`` prints its trace first), 130 when interrupted.
+    """
+    _run.update(path="pmkt", verbose=0)
     try:
         cli.main(args=argv, prog_name="pmkt", standalone_mode=False)
-    except PlatformError as err:
-        from rich.markup import escape
-
-        where = f" ({err.field})" if err.field else ""
-        err_console.print(f"[bold red]error{escape(where)}:[/bold red] {escape(err.message)}", highlight=False)
-        return 2
-    except click.exceptions.Abort:
-        err_console.print("aborted")
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo(f"{_run['path']}: interrupted", err=True)
         return 130
-    except click.ClickException as err:
+    except _NO_ARGS_IS_HELP as err:  # `pmkt features` alone: the help is the answer, not an error
         err.show()
         return err.exit_code
+    except click.ClickException as err:
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else _run["path"]
+        help_hint = f" (see {where} -h)" if isinstance(err, click.UsageError) else ""
+        _say(where, _one_line(err.format_message()) + help_hint)
+        return err.exit_code
+    except Exception as exc:
+        if _run["verbose"]:
+            traceback.print_exception(exc, file=sys.stderr)
+        cause = unwrap(exc)
+        if isinstance(cause, PlatformError):
+            field = f" ({cause.field})" if cause.field else ""
+            lines = [ln for ln in cause.message.splitlines() if ln.strip()]
+            _say(_where(exc) + field, _one_line(lines[0] if lines else cause.code))
+            return 2
+        hint = "trace above" if _run["verbose"] else "run with -v for the trace"
+        _say(_where(exc), f"{_one_line(describe(exc))} ({hint})")
+        return 1
     return 0
 
 

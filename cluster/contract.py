@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "has_control_chars",
+    "CONTROL_CHARS_JAVA",
+    "MAX_USER_ID_LENGTH",
     "Dataset",
     "DATASETS",
     "ACTIONS",
@@ -25,6 +27,11 @@ __all__ = [
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The same characters as a Java regular expression (Spark's ``rlike``).
+CONTROL_CHARS_JAVA = "[\\x00-\\x1f\\x7f]"
+#: Longest user id the contract accepts (and the API's default ``serve.max_user_id_length``): a
+#: user id the lake holds is one every endpoint takes.
+MAX_USER_ID_LENGTH = 128
 
 
 def has_control_chars(value: str) -> bool:
@@ -139,6 +146,7 @@ class Reason:
 REASONS: tuple[Reason, ...] = (
     Reason("malformed_record", "the CSV line has the wrong number of fields, or the JSON line is not an object"),
     Reason("missing_required", "a required field is absent or empty (detail names it)"),
+    Reason("bad_id", f"user_id is longer than {MAX_USER_ID_LENGTH} characters or holds a control character"),
     Reason("bad_timestamp", "a timestamp is in none of the accepted formats (detail names the field)"),
     Reason("bad_number", "a numeric field is not a number (detail names it)"),
     Reason("negative_amount", "orders.amount is below zero"),

@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -32,6 +33,9 @@ __all__ = [
     "AGE_EDGES",
     "RECENCY_BANDS",
     "recency_band",
+    "CTR_USER_INPUTS",
+    "CTR_USER_CELLS",
+    "ctr_user_features",
     "MISSING",
     "OTHER",
     "SPEC_FORMAT",
@@ -45,6 +49,7 @@ __all__ = [
     "Interactions",
     "load_interactions",
     "load_latest",
+    "load_run",
     "load_churn_frame",
 ]
 
@@ -64,6 +69,55 @@ def recency_band(days: float | None) -> str:
         if days <= upper:
             return label
     return f"{RECENCY_BANDS[-1][0] + 1}+"
+
+
+#: The CTR model's user inputs, in the order :func:`spark_jobs.training_tables.ctr_user_inputs`
+#: computes them (``recency_days`` becomes the one-hot ``recency_band``; the rest are inputs as named).
+CTR_USER_INPUTS: tuple[str, ...] = (
+    "gender", "age_band", "city", "recency_days", "frequency", "monetary", "events_recent", "top_category",
+    "top_category_share",
+)
+#: Profile cell of each CTR user input as of the CTR table's cut-off (``features/ctr_users``, written
+#: by ``spark_jobs.profiles``), plus the day they hold for (``as_of``).
+CTR_USER_CELLS: dict[str, str] = {**{c: f"f:ctr_{c}" for c in CTR_USER_INPUTS}, "as_of": "f:ctr_as_of"}
+_CTR_TEXT_INPUTS = frozenset({"gender", "age_band", "city", "top_category"})
+
+
+def ctr_user_features(cells: Mapping[str, bytes] | None, today: date) -> dict[str, Any]:
+    """The CTR model's user inputs for a request on ``today``, from the profile's ``f:ctr_*`` cells.
+
+    The cells hold :func:`spark_jobs.training_tables.ctr_user_inputs` as of the day in
+    ``f:ctr_as_of``, the very values a training row of that day carries. Recency moves on with the
+    calendar (days since that day are added); the other inputs stay as they were on that day.
+
+    Args:
+        cells: The user's cells (any of :data:`CTR_USER_CELLS`); empty or None for a user without them.
+        today: The request's UTC day.
+
+    Returns:
+        Record keys of the CTR model (``{}`` when the profile has no CTR inputs): a missing cell
+        is an unknown value, encoded as in training.
+    """
+    if not cells or CTR_USER_CELLS["as_of"] not in cells:
+        return {}
+    out: dict[str, Any] = {}
+    for name in CTR_USER_INPUTS:
+        raw = cells.get(CTR_USER_CELLS[name])
+        if raw is None:
+            out[name] = None
+        elif name in _CTR_TEXT_INPUTS:
+            out[name] = raw.decode("utf-8")
+        else:
+            out[name] = float(raw.decode("ascii"))
+    days = out.pop("recency_days")
+    if days is not None:
+        try:
+            as_of = date.fromisoformat(cells[CTR_USER_CELLS["as_of"]].decode("ascii"))
+            days += max((today - as_of).days, 0)
+        except ValueError:
+            pass
+    out["recency_band"] = recency_band(days)
+    return out
 
 
 MISSING = "__missing__"
@@ -315,6 +369,7 @@ def load_latest(lake: Lake, table: str, columns: Sequence[str] | None = None) ->
     """
     builders = {"rfm": "pmkt features rfm", "clv": "pmkt features clv", "tags": "pmkt features tags",
                 "churn": "pmkt features tables", "ctr_train": "pmkt features tables",
+                "ctr_users": "pmkt features tables",
                 "interactions": "pmkt features tags", "campaigns": "pmkt features campaigns",
                 "campaign_daily": "pmkt features campaigns", "funnels": "pmkt features funnels",
                 "demand": "pmkt features demand", "attributes": "pmkt features attributes"}
@@ -328,3 +383,19 @@ def load_latest(lake: Lake, table: str, columns: Sequence[str] | None = None) ->
 def load_churn_frame(lake: Lake) -> tuple[pd.DataFrame, dict]:
     """The newest churn table (one row per user, :func:`spark_jobs.training_tables.churn_table`)."""
     return load_latest(lake, "churn")
+
+
+def load_run(lake: Lake, table: str, run_id: str, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """One run of a feature table (``features/<table>/run=<run_id>``) as pandas, with its metadata.
+
+    A model is trained on one run (its registry version's ``feature_run_id``); serving and the
+    parity tests read that very run when the newest one is not the same table.
+
+    Raises:
+        NotFound: the run does not exist (or has no ``_meta.json``).
+    """
+    rel = f"{table}/run={run_id}"
+    if not lake.exists(Zone.FEATURES, rel, "_meta.json"):
+        raise NotFound(f"no run {run_id!r} of the {table} features")
+    meta = lake.read_json(Zone.FEATURES, rel, "_meta.json")
+    return lake.read_parquet(meta["path"], columns=list(columns) if columns else None), meta

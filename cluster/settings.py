@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.errors import ConfigError
+from cluster.contract import MAX_USER_ID_LENGTH
 
 __all__ = [
     "Settings",
@@ -243,8 +244,9 @@ class ServeSettings(_Model):
     access_log: bool = False
     request_timeout_s: float = Field(10.0, gt=0)
     autoscaling: AutoscalingSettings = AutoscalingSettings()
-    # -- longest user id accepted by the API
-    max_user_id_length: int = Field(64, ge=1)
+    # -- longest user id accepted by the API: the data contract's limit (cluster.contract), so every
+    #    user the lake holds can be asked about; lower it only knowing ingest accepts up to 128
+    max_user_id_length: int = Field(MAX_USER_ID_LENGTH, ge=1)
     # -- seconds between a replica's checks of the model registry for a new current version
     model_refresh_s: float = Field(30.0, gt=0)
     # -- most candidates in one ScoreBatch, items excluded in one Recommend

@@ -4,6 +4,9 @@ An audience is read from the newest RFM table (``pmkt features rfm``: recency, f
 monetary, average monthly spend and consumption level); the segment of each user comes from
 the current segments model when a segment filter is given. ``pmkt audience`` writes the list
 as CSV for a campaign tool; consent is still checked per message by the channel service.
+
+Every user of the RFM table made a paid order, so GetSegment's ``no_purchases`` segment can
+never be in an audience: asking for it is an error rather than a silently empty list.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pandas as pd
 from cluster.errors import InvalidArgument
 from cluster.feature_io import load_latest
 from cluster.storage import Lake
+from ray_apps.segments.service import NO_PURCHASES_NAME
 
 __all__ = ["AUDIENCE_COLUMNS", "select_audience"]
 
@@ -41,8 +45,13 @@ def select_audience(lake: Lake, *, levels: Sequence[str] = (), segments: Sequenc
     Raises:
         FailedPrecondition: no RFM table (names ``pmkt features rfm``), or one built before
             consumption levels existed.
-        InvalidArgument: an unknown level, a negative bound, a segment filter without a model.
+        InvalidArgument: an unknown level, a negative bound, a segment filter without a model,
+            or the ``no_purchases`` segment (its users have no RFM row).
     """
+    if NO_PURCHASES_NAME in segments:
+        raise InvalidArgument(f"segment {NO_PURCHASES_NAME!r} holds the users without a paid order, and audiences "
+                              "are drawn from the RFM table of paying users: it would always be empty",
+                              field="segment")
     unknown = sorted(set(levels) - set(known_levels)) if known_levels else []
     if unknown:
         raise InvalidArgument(f"unknown consumption level(s) {unknown}; one of {', '.join(known_levels)}",

@@ -272,9 +272,14 @@ class MarketingClient:
                          events_pb2.TrackEventsResponse())
 
     def score_ctr(self, candidates: list[dict[str, Any]]) -> ctr_pb2.ScoreBatchResponse:
-        """CtrService.ScoreBatch: ``candidates`` are dicts with the AdCandidate fields."""
+        """CtrService.ScoreBatch: ``candidates`` are dicts with the AdCandidate fields.
+
+        Every field is text; a number given (``"ad_position": 3``) is sent as its text, as the
+        data contract reads impressions.csv.
+        """
         return self._grpc("ScoreBatch", ctr_pb2.ScoreBatchRequest(
-            candidates=[ctr_pb2.AdCandidate(**c) for c in candidates]))
+            candidates=[ctr_pb2.AdCandidate(**{k: str(v) for k, v in c.items() if v is not None})
+                        for c in candidates]))
 
     def score_ctr_http(self, candidates: list[dict[str, Any]]) -> ctr_pb2.ScoreBatchResponse:
         """``POST /v1/ctr/score``."""
@@ -290,7 +295,7 @@ class MarketingClient:
     def recommend_http(self, user_id: str, n: int = 0, exclude: list[str] | None = None
                        ) -> recommend_pb2.RecommendResponse:
         """``GET /v1/users/{user_id}/recommendations?n=&exclude=``."""
-        params = {"n": str(n), **({"exclude": ",".join(exclude)} if exclude else {})}
+        params: dict[str, Any] = {"n": str(n), **({"exclude": list(exclude)} if exclude else {})}
         return ParseDict(self._get_json(f"/v1/users/{quote(user_id, safe='')}/recommendations", params),
                          recommend_pb2.RecommendResponse())
 

@@ -226,7 +226,11 @@ class ModelRegistry:
         try:
             meta = self.lake.read_json(Zone.REGISTRY, name, version, "meta.json")
         except NotFound:
-            raise NotFound(f"model {name} has no version {version}") from None
+            known = self.versions(name)
+            older = f" and {len(known) - 5} older" if len(known) > 5 else ""
+            hint = (f"its versions: {', '.join(known[-5:])}{older}" if known
+                    else f"none was trained yet: run `pmkt tune {name}`")
+            raise NotFound(f"model {name} has no version {version} ({hint})", field="version") from None
         return ModelVersion(
             name=name,
             version=version,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 
 from cluster.errors import Unavailable
@@ -94,6 +95,8 @@ def shutdown_ray() -> None:
     """Disconnect from Ray. A private local Ray stops, with Serve; on a cluster the Serve
     applications keep running (they are the cluster's deployment: `pmkt serve delete`
     removes them)."""
+    if "ray" not in sys.modules:
+        return  # never started in this process (importing Ray to learn that takes seconds)
     import ray
 
     global _local

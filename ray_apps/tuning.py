@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.errors import FailedPrecondition, InvalidArgument, describe
 from cluster.settings import Settings
 
 __all__ = ["Dataset", "Fitted", "TuneSpec", "TuneOutcome", "SCHEDULERS", "grid_configs", "run_trial", "run_tune"]
@@ -206,6 +206,10 @@ def run_tune(
                               field="scheduler")
     if trials is not None and trials < 1:
         raise InvalidArgument(f"trials must be at least 1, got {trials}", field="trials")
+    step = progress or (lambda _s, _f: None)
+    step(f"loading {spec.name} training data", 0.0)
+    # Before importing Ray Tune (seconds): missing features fail at once, with the command to run.
+    data = dataset or spec.load(settings, smoke_test)
     # The new console output ignores verbose=0 and prints boxes into the CLI's progress.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
@@ -214,9 +218,6 @@ def run_tune(
 
     from ray_apps.runtime import ensure_ray
 
-    step = progress or (lambda _s, _f: None)
-    step(f"loading {spec.name} training data", 0.0)
-    data = dataset or spec.load(settings, smoke_test)
     space = dict(spec.space(settings, smoke_test))
     if not space:
         raise FailedPrecondition(f"{spec.name} has an empty search space")
@@ -269,8 +270,10 @@ def run_tune(
                                                   "trial_seconds": 0.0, "wall_seconds": round(wall, 3), "nodes": 0},
                            name, resumed, complete=False)
     if not rows:
-        first = failed[0].error if failed else "no trial reported"
-        raise FailedPrecondition(f"every {spec.name} trial failed ({len(failed)}); first: {first}")
+        # One line, not the trial's traceback: the full error is in the trial's folder under ray.tune_storage.
+        first = describe(failed[0].error) if failed else "no trial reported"
+        raise FailedPrecondition(f"every {spec.name} trial failed ({len(failed)}); first: {first} "
+                                 f"(trial logs under {path})")
     if failed:
         log.warning("%d of %d %s trials failed; first: %s", len(failed), len(results), spec.name, failed[0].error)
     scored = [r for r in rows if r[spec.metric] is not None]

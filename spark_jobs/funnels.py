@@ -47,7 +47,7 @@ from cluster.errors import FailedPrecondition, InvalidArgument
 from cluster.settings import Settings
 from cluster.storage import Zone, open_lake
 from spark_jobs.campaigns import UNKNOWN
-from spark_jobs.common import read_events, read_raw
+from spark_jobs.common import RT_EVENTS_DIR, read_events, read_raw
 from spark_jobs.rfm import new_run_id
 
 __all__ = ["FUNNEL_COLUMNS", "ORGANIC", "UNKNOWN", "check_steps", "deepest_chain", "funnel_table", "main"]
@@ -244,12 +244,13 @@ def main(settings: Settings, run_id: str | None = None, progress: Progress | Non
     days = settings.evaluation.attribution_window_days
     step = progress or (lambda _s, _f: None)
     lake = open_lake(settings)
+    if not lake.exists(Zone.RAW, "events") and not lake.list_dir(Zone.RAW, RT_EVENTS_DIR):
+        # checked before Spark starts: a minute of JVM start-up for this line is too long
+        raise FailedPrecondition("the raw zone has no events: run `pmkt ingest DIR` with an events file first")
     spark = get_spark(settings, "pmkt-funnels")
     run_id = run_id or new_run_id()
     step("reading events and clicks", 0.0)
-    events = read_events(spark, lake)
-    if events is None:
-        raise FailedPrecondition("the raw zone has no events: run `pmkt ingest DIR` with an events file first")
+    events = read_events(spark, lake)  # not None: checked above
     # Impressions are optional in a delivery: without them every funnel entry is organic.
     clicks = read_raw(spark, lake, "impressions") if lake.exists(Zone.RAW, "impressions") else None
     step("scanning each user's events", 0.1)

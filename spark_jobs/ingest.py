@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
@@ -38,7 +39,9 @@ from pyspark.sql import functions as F
 
 from cluster.contract import (
     ACTIONS,
+    CONTROL_CHARS_JAVA,
     DATASETS,
+    MAX_USER_ID_LENGTH,
     GENDERS,
     ORDER_STATUSES,
     REASONS,
@@ -68,6 +71,8 @@ __all__ = [
     "needs_keys",
     "encrypt_column",
     "new_run_id",
+    "Delivery",
+    "check_delivery",
     "main",
     "format_report",
     "UNKNOWN_DT",
@@ -92,6 +97,7 @@ def _code(code: str) -> str:
 
 MALFORMED = _code("malformed_record")
 MISSING = _code("missing_required")
+BAD_ID = _code("bad_id")
 BAD_TIMESTAMP = _code("bad_timestamp")
 BAD_NUMBER = _code("bad_number")
 NEGATIVE_AMOUNT = _code("negative_amount")
@@ -138,6 +144,8 @@ _KINDS: dict[str, dict[str, str]] = {
     "events": {"ts": "timestamp", "action": "action"},
     "impressions": {"ts": "timestamp", "cost": "cost", "clicked": "flag"},
 }
+for _kinds_of in _KINDS.values():
+    _kinds_of["user_id"] = "user_id"  # every file: the id every endpoint must take (bad_id)
 # Raw-zone columns that replace a personal-data input column.
 _RENAMED = {"phone": (PHONE_COLUMN,), "id_number": (HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN)}
 _ISSUE_KINDS = ("gender", "date", "phone", "id_number", "consent")
@@ -378,6 +386,9 @@ def _column_rules(
             F.coalesce(s, F.lit(ORDER_STATUSES[0])),
             checks + [(BAD_STATUS, present & ~s.isin(*ORDER_STATUSES), name)],
         )
+    if kind == "user_id":
+        bad = present & ((F.length(s) > MAX_USER_ID_LENGTH) | s.rlike(CONTROL_CHARS_JAVA))
+        return _Checked(name, s, checks + [(BAD_ID, bad, name)])
     if kind == "action":
         return _Checked(name, s, checks + [(UNKNOWN_ACTION, present & ~s.isin(*ACTIONS), name)])
     if kind == "flag":
@@ -535,7 +546,10 @@ def reconcile(resolved: DataFrame, ds: Dataset, header_line: str | None = None) 
     status, kind = F.col("_status"), F.col("_kind")
     header_found = F.lit(False)
     if header_line is not None:
-        header_found = (kind == "header") & (F.col("record") == F.lit(redact_text(header_line)))
+        # a byte-order mark (tolerated by the contract) is dropped on both sides: Spark's text
+        # reader drops it from the first record of a plain file
+        header_found = (kind == "header") & (
+            F.regexp_replace(F.col("record"), "^\ufeff", "") == F.lit(redact_text(header_line.lstrip("\ufeff"))))
     unknown = F.col("_unknown_user") if "_unknown_user" in resolved.columns else F.lit(False)
     aggs = [
         F.count(F.lit(1)).alias("lines"),
@@ -614,6 +628,7 @@ def _read_header(path: Path, ds: Dataset) -> tuple[list[str], str]:
     names = [n.strip() for n in next(csv.reader([line.lstrip("\ufeff")]), [])]
     if not any(names):
         raise DataContractError(f"{path.name}: the file has no header row", field=ds.name)
+    _check_header_shape(path, ds, names)
     seen: set[str] = set()
     for name in names:
         if name not in ds.columns:
@@ -635,6 +650,40 @@ def _read_header(path: Path, ds: Dataset) -> tuple[list[str], str]:
     return names, line
 
 
+def _check_header_shape(path: Path, ds: Dataset, names: list[str]) -> None:
+    """Refuse a first line that is not a header at all, before the column checks quote any of it.
+
+    A file separated by ``;`` or a tab reads as one unknown column; a headerless file starts with
+    a data row, whose fields are values (personal data, perhaps) that no message may repeat.
+    """
+    if len(names) == 1:
+        for sep in (";", "\t", "|"):
+            parts = [p.strip() for p in names[0].split(sep)]
+            if len(parts) > 1 and sum(p in ds.columns for p in parts) > len(parts) / 2:
+                raise DataContractError(
+                    f"{path.name}: the header is separated by {sep!r}; the contract's separator is ','",
+                    field=ds.name,
+                )
+    if not any(n in ds.columns for n in names):
+        raise DataContractError(
+            f"{path.name}: unknown columns in the header: none of its {len(names)} fields is a contract column "
+            f"(is the header row missing? contract columns: {', '.join(ds.columns)})",
+            field=ds.name,
+        )
+
+
+def _require_rows(path: Path, ds: Dataset) -> None:
+    """Refuse a required file with nothing after its header (blank lines do not count)."""
+    try:
+        with _open_text(path) as fh:
+            fh.readline()
+            if any(line.strip() for line in fh):
+                return
+    except (UnicodeDecodeError, OSError, EOFError):
+        return  # undecodable rows are the row checks' business (quarantined as malformed)
+    raise DataContractError(f"{path.name}: the file has a header but no rows", field=ds.name)
+
+
 def _skipped(name: str) -> dict:
     return {
         "file": None,
@@ -648,6 +697,44 @@ def _skipped(name: str) -> dict:
         "raw_path": None,
         "quarantine_path": None,
     }
+
+
+class Delivery(NamedTuple):
+    """A delivery folder that passed the whole-delivery checks (:func:`check_delivery`)."""
+
+    input_dir: Path
+    #: Per dataset: the file (None when an optional one is absent), a CSV's header names and line.
+    plan: list[tuple[Dataset, Path | None, list[str] | None, str | None]]
+    #: The keys ID numbers are encrypted with; None when no delivered file has ID numbers.
+    keyring: KeyRing | None
+
+
+def check_delivery(settings: Settings, input_dir: str | Path) -> Delivery:
+    """The whole-delivery checks of docs/data-contract.md section 10, without Spark: reads only
+    each CSV's header (and whether ``orders.csv`` has a row), and the keys if needed.
+
+    Raises:
+        DataContractError: the folder or a file breaks the contract as a whole.
+        ConfigError: a users file is delivered but no key to encrypt ID numbers is configured.
+    """
+    input_dir = Path(input_dir).resolve()
+    if not input_dir.is_dir():
+        raise DataContractError(f"input folder {input_dir} does not exist")
+    plan: list[tuple[Dataset, Path | None, list[str] | None, str | None]] = []
+    for ds in DATASETS:
+        path = _find_file(input_dir, ds)
+        if path is None and not ds.optional_file:
+            raise DataContractError(
+                f"{input_dir}: {ds.file_names()[0]} (or {ds.file_names()[1]}) is required and missing",
+                field=ds.name,
+            )
+        header, header_line = _read_header(path, ds) if path is not None and ds.fmt == "csv" else (None, None)
+        if path is not None and not ds.optional_file:
+            _require_rows(path, ds)
+        plan.append((ds, path, header, header_line))
+    # Fail before touching the lake when an ID number would have no key to be encrypted with.
+    keyring = load_keyring(settings.privacy) if any(f and needs_keys(d) for d, f, _, _ in plan) else None
+    return Delivery(input_dir, plan, keyring)
 
 
 def main(
@@ -671,8 +758,9 @@ def main(
         The report (see docs/data-contract.md).
 
     Raises:
-        DataContractError: the folder or a file breaks the contract as a whole (no orders file,
-            a header without a required column or with an unknown one, not UTF-8).
+        DataContractError: the folder or a file breaks the contract as a whole (no orders file or
+            one without rows, a header without a required column or with an unknown one, a wrong
+            separator, not UTF-8): :func:`check_delivery`, before Spark starts.
         ConfigError: a users file is delivered but no key to encrypt ID numbers is configured
             (``privacy.key_file`` / ``PMKT_PII_KEYS``, see docs/privacy.md).
         InvalidArgument: ``run_id`` is not a safe folder name.
@@ -685,24 +773,9 @@ def main(
     run_id = run_id or new_run_id()
     if not _RUN_ID.match(run_id):
         raise InvalidArgument(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'", field="run_id")
-    input_dir = Path(input_dir).resolve()
-    if not input_dir.is_dir():
-        raise DataContractError(f"input folder {input_dir} does not exist")
-    source_tz = settings.ingest.source_timezone
-
     # Validate the whole folder before touching the lake: a bad header fails the run up front.
-    plan: list[tuple[Dataset, Path | None, list[str] | None, str | None]] = []
-    for ds in DATASETS:
-        path = _find_file(input_dir, ds)
-        if path is None and not ds.optional_file:
-            raise DataContractError(
-                f"{input_dir}: {ds.file_names()[0]} (or {ds.file_names()[1]}) is required and missing",
-                field=ds.name,
-            )
-        header, header_line = _read_header(path, ds) if path is not None and ds.fmt == "csv" else (None, None)
-        plan.append((ds, path, header, header_line))
-    # Fail before touching the lake when an ID number would have no key to be encrypted with.
-    keyring = load_keyring(settings.privacy) if any(f and needs_keys(d) for d, f, _, _ in plan) else None
+    input_dir, plan, keyring = check_delivery(settings, input_dir)
+    source_tz = settings.ingest.source_timezone
 
     lake = open_lake(settings)
     spark = get_spark(settings, "pmkt-ingest")

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from cluster.errors import FailedPrecondition
+from cluster.feature_io import CTR_USER_CELLS
 from cluster.privacy import age_band_column
 from cluster.settings import Settings
 from cluster.storage import Lake, Zone, open_lake, open_profile_store
@@ -53,7 +54,13 @@ RFM_CELLS = {"recency_days": "f:rfm_recency_days", "frequency": "f:rfm_frequency
 EXTRA_FEATURES: dict[str, dict[str, str]] = {
     "clv": {"clv_historic": "m:clv_historic", "clv_predicted": "m:clv_predicted", "p_alive": "m:p_alive",
             "expected_purchases": "m:expected_purchases"},
+    # the CTR model's user inputs as of the training tables' cut-off, computed by the code that
+    # builds the CTR training rows (spark_jobs.training_tables.ctr_user_inputs)
+    "ctr_users": dict(CTR_USER_CELLS),
 }
+
+
+_NOTHING_TO_BUILD = "nothing to build profiles from: run `pmkt ingest DIR` (users) or `pmkt features rfm` first"
 
 
 def _latest(lake: Lake, feature: str) -> dict | None:
@@ -94,7 +101,7 @@ def build_profiles(users: DataFrame | None, rfm: DataFrame | None, as_of: date,
         if mapping:
             parts.append(frame.select("user_id", *[F.col(c).alias(cell) for c, cell in mapping.items()]))
     if not parts:
-        raise FailedPrecondition("nothing to build profiles from: ingest users or orders first")
+        raise FailedPrecondition(_NOTHING_TO_BUILD)
     out = parts[0]
     for frame in parts[1:]:
         out = out.join(frame, on="user_id", how="full_outer")
@@ -131,6 +138,9 @@ def main(settings: Settings, *, as_of: date | None = None, run_id: str | None = 
 
     step = progress or (lambda _s, _f: None)
     lake = open_lake(settings)
+    if not lake.exists(Zone.RAW, "users") and not any(_latest(lake, n) for n in ("rfm", *EXTRA_FEATURES)):
+        # build_profiles would say so too, but only after a minute of Spark start-up
+        raise FailedPrecondition(_NOTHING_TO_BUILD)
     spark = get_spark(settings, "pmkt-profiles")
     run_id = run_id or new_run_id()
     step("reading users and features", 0.0)

@@ -32,6 +32,7 @@ from cluster.errors import FailedPrecondition, InvalidArgument
 from cluster.feature_io import (  # re-exported: the Spark-free half of this module's API
     AGE_EDGES,
     CHURN_COVARIATES,
+    CTR_USER_INPUTS,
     MISSING,
     OTHER,
     RECENCY_BANDS,
@@ -63,6 +64,7 @@ __all__ = [
     "age_band",
     "behaviour_as_of",
     "ctr_rows",
+    "ctr_user_inputs",
     "time_split",
     "fit_ctr_spec",
     "hash_bucket",
@@ -260,18 +262,52 @@ def ctr_rows(
         "impression_id", "user_id", "ts", "ad_id", "campaign_id", "channel", "ad_position", "device_type",
         F.col("clicked").cast("int").alias("label"), F.to_date("ts").alias("as_of_day"),
     )
-    behaviour = behaviour_as_of(imp.select("user_id", "as_of_day"), orders, events, lookback_days)
-    people = users.select("user_id", "gender", "birth_date", "city")
+    user_inputs = ctr_user_inputs(imp.select("user_id", "as_of_day"), users, orders, events,
+                                  age_edges=age_edges, lookback_days=lookback_days)
     return (
-        imp.join(people, "user_id", "left")
-        .join(behaviour, ["user_id", "as_of_day"], "left")
+        imp.join(user_inputs, ["user_id", "as_of_day"], "left")
         .select(
             "impression_id", "user_id", "ts", "label",
             "ad_id", "campaign_id", "channel", "ad_position", "device_type",
-            "gender", age_band(F.col("birth_date"), F.col("as_of_day"), age_edges).alias("age_band"), "city",
-            "recency_days", _recency_band(F.col("recency_days")).alias("recency_band"),
-            "frequency", "monetary", "events_recent", "top_category", "top_category_share",
+            *CTR_USER_INPUTS[:3], "recency_days", _recency_band(F.col("recency_days")).alias("recency_band"),
+            *CTR_USER_INPUTS[4:],
         )
+    )
+
+
+def ctr_user_inputs(
+    keys: DataFrame,
+    users: DataFrame,
+    orders: DataFrame,
+    events: DataFrame,
+    *,
+    age_edges: Sequence[int] = AGE_EDGES,
+    lookback_days: int = 30,
+) -> DataFrame:
+    """The CTR model's user inputs per (user, day): what a training row and a served request both use.
+
+    The CTR table joins these to every impression (as of the impression's day); the profile
+    store keeps them as of the table's cut-off (``features/ctr_users``, cells
+    :data:`cluster.feature_io.CTR_USER_CELLS`), where the serving side reads them back. One
+    computation for both, so a served request is featurised exactly like a training row.
+
+    Args:
+        keys: ``user_id``, ``as_of_day`` (date); duplicates are ignored.
+        users: Raw-zone users; a user absent here gets nulls (and the age band :data:`MISSING`).
+        orders: Raw-zone orders.
+        events: Raw-zone events.
+        age_edges: See :func:`age_band`.
+        lookback_days: See :func:`behaviour_as_of`.
+
+    Returns:
+        ``user_id``, ``as_of_day`` and :data:`cluster.feature_io.CTR_USER_INPUTS`.
+    """
+    behaviour = behaviour_as_of(keys, orders, events, lookback_days)
+    people = users.select("user_id", "gender", "birth_date", "city")
+    return behaviour.join(people, "user_id", "left").select(
+        "user_id", "as_of_day",
+        "gender", age_band(F.col("birth_date"), F.col("as_of_day"), age_edges).alias("age_band"), "city",
+        *CTR_USER_INPUTS[3:],
     )
 
 
@@ -665,6 +701,10 @@ def main(
     lake.write_json(ctr_meta, Zone.FEATURES, ctr_rel, "_meta.json")
     lake.write_json(ctr_meta, Zone.FEATURES, "ctr_train", "latest.json")
 
+    step("CTR user inputs as of the cut-off", 0.6)
+    ctr_users_meta = _write_ctr_users(lake, run_id, as_of, users, orders, events, impressions,
+                                      age_edges=age_edges, lookback_days=lookback_days)
+
     step("churn table", 0.7)
     churn_rel = f"churn/run={run_id}"
     churn_table(
@@ -695,4 +735,29 @@ def main(
         run_id, as_of, ctr_meta["rows"], ctr_meta["positive_rate"] or 0.0,
         n_users, churn_meta["censoring_rate"] or 0.0,
     )
-    return {"run_id": run_id, "as_of": as_of.isoformat(), "ctr": ctr_meta, "churn": churn_meta}
+    return {"run_id": run_id, "as_of": as_of.isoformat(), "ctr": ctr_meta, "churn": churn_meta,
+            "ctr_users": ctr_users_meta}
+
+
+def _write_ctr_users(lake: Lake, run_id: str, as_of: date, users: DataFrame, orders: DataFrame,
+                     events: DataFrame, impressions: DataFrame, *, age_edges: Sequence[int],
+                     lookback_days: int) -> dict:
+    """Write ``features/ctr_users``: every known user's CTR inputs as of ``as_of`` (for the profiles)."""
+    cut = F.lit(datetime.combine(as_of, datetime.min.time()))
+    known = (
+        users.select("user_id")
+        .unionByName(orders.where(F.col("order_time") < cut).select("user_id"))
+        .unionByName(events.where(F.col("ts") < cut).select("user_id"))
+        .unionByName(impressions.where(F.col("ts") < cut).select("user_id"))
+        .distinct()
+        .withColumn("as_of_day", F.lit(as_of))
+    )
+    rel = f"ctr_users/run={run_id}"
+    ctr_user_inputs(known, users, orders, events, age_edges=age_edges, lookback_days=lookback_days).select(
+        "user_id", *CTR_USER_INPUTS, F.col("as_of_day").cast("string").alias("as_of"),
+    ).write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "path": f"{Zone.FEATURES.value}/{rel}",
+            "lookback_days": lookback_days, "age_edges": list(age_edges)}
+    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
+    lake.write_json(meta, Zone.FEATURES, "ctr_users", "latest.json")
+    return meta

@@ -12,7 +12,8 @@ loses nothing:
 * a pooled row per segment, key ``\\x1fbandit:segment:<name>`` (user ids cannot contain
   control characters, so it can never be a user's row), with the same counters. Segments
   are keyed by name, which follows the centroid from one model version to the next, not by
-  id, which does not; users with no segment (no purchase yet) pool under ``none``.
+  id, which does not. Users without a paid order pool under GetSegment's ``no_purchases``;
+  users with RFM whose CLV the model needs is not built yet pool under ``none``.
 
 A user's posterior adds their own counts to their segment's: most users have few outcomes
 of their own, and the segment's carry the information until they do. ``report`` increments
@@ -39,7 +40,9 @@ __all__ = ["ArmState", "ChannelBandit", "Choice", "NO_SEGMENT", "SCOPE_PREFIX", 
 SCOPE_PREFIX = INTERNAL_ROW_PREFIX + "bandit:"
 
 
-#: The pool of users who have no segment (no purchase history yet).
+#: The pool of users who bought but have no segment yet (the model needs CLV, not built yet).
+#: Users who never bought are in the ``no_purchases`` segment and pool under that name. (Before
+#: that segment existed they pooled here; that history is not carried over.)
 NO_SEGMENT = "none"
 
 

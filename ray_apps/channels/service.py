@@ -1,4 +1,9 @@
-"""ChooseChannel / ReportOutcome's business logic, independent of the transport."""
+"""ChooseChannel / ReportOutcome's business logic, independent of the transport.
+
+A user's pool is their GetSegment answer: a K-means segment, or ``no_purchases`` (id -1) for a
+known user without a paid order. A user with RFM but without the CLV the model needs (CLV built
+after RFM) keeps pooling under ``none``, also with id -1, until the CLV build catches up.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from protos.marketing.v1 import channel_pb2
 from ray_apps.channels.bandit import NO_SEGMENT, ChannelBandit
 from ray_apps.segments.service import (
     EXTRA_CELLS,
+    KNOWN_USER_CELLS,
+    NO_PURCHASES_ID,
+    NO_PURCHASES_NAME,
     RFM_CELLS,
     CurrentSegmentModel,
     validate_user_id,
@@ -34,12 +42,14 @@ class ChannelChooser:
         self.segments = segments
         self.bandit = bandit
         self.max_user_id_length = max_user_id_length
-        self._cells = [*consent_cells(bandit.channels), *RFM_CELLS, *EXTRA_CELLS.values()]
+        # The known-user cells make one read tell a user without purchases from an unknown id.
+        self._cells = [*consent_cells(bandit.channels), *RFM_CELLS, *EXTRA_CELLS.values(), *KNOWN_USER_CELLS]
 
     def user_context(self, user_id: str, extra: tuple[str, ...] = ()
                      ) -> tuple[int, str, dict[str, bool], dict[str, bytes]]:
-        """(segment id or -1, segment name or ``none``, consent, cells) of a user; ``extra``
-        cells are read in the same call.
+        """(segment id, segment name, consent, cells) of a user; ``extra`` cells are read in
+        the same call. The segment is GetSegment's (``no_purchases``, -1, without a paid
+        order), or -1 and ``none`` for a user whose CLV the model needs is not built yet.
 
         Raises:
             NotFound: the user has no profile.
@@ -51,17 +61,19 @@ class ChannelChooser:
         if not cells:
             raise NotFound(f"no profile for user {user_id!r}")
         try:
-            seg = lookup.from_cells(user_id, cells)
+            seg = lookup.from_cells(user_id, cells, known=True)
             segment_id, segment = seg.segment_id, seg.segment_name
-        except NotFound:  # no purchase yet: the pool of unsegmented users
+        except NotFound:  # RFM but no CLV yet: the pool of unsegmented users
             segment_id, segment = -1, NO_SEGMENT
         return segment_id, segment, consent_of(cells, self.bandit.channels), cells
 
     def _segment_name(self, segment_id: int) -> str:
+        if segment_id == NO_PURCHASES_ID:
+            return NO_PURCHASES_NAME
         names = self.segments.lookup().model.names_
         if not 0 <= segment_id < len(names):
-            raise InvalidArgument(f"segment_id must be 0..{len(names) - 1} for the served segments model",
-                                  field="segment_id")
+            raise InvalidArgument(f"segment_id must be 0..{len(names) - 1} for the served segments model, "
+                                  f"or {NO_PURCHASES_ID} for {NO_PURCHASES_NAME}", field="segment_id")
         return names[segment_id]
 
     def _target(self, user_id: str | None, segment_id: int | None) -> tuple[str | None, int, str, dict | None]:

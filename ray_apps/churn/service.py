@@ -2,7 +2,10 @@
 
 The model scores a user from their row of the newest churn table (the features as of that
 table's ``as_of`` day), which the service loads with the model and reloads when a new
-model version is served. Day 0 of the survival curve is that ``as_of`` day.
+model version is served. Day 0 of the survival curve is that ``as_of`` day. A newest table built
+with another churn window (``inactivity_days``) than the model's ``offset_days`` defines churn and
+duration differently from the rows the model learnt from; the service then serves the rows of the
+run the model was trained on (its ``feature_run_id``), whose ``as_of`` the answers carry.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import pandas as pd
 
 from cluster.errors import InvalidArgument, NotFound
-from cluster.feature_io import load_churn_frame
+from cluster.feature_io import load_churn_frame, load_run
 from cluster.storage import Lake
 from protos.marketing.v1 import churn_pb2
 from ray_apps.churn.model import ChurnModel
@@ -34,6 +37,12 @@ class ChurnScorer:
         self.version = version
         self.max_user_id_length = max_user_id_length
         frame, meta = load_churn_frame(lake)
+        window = meta.get("inactivity_days")
+        if window is not None and int(window) != int(model.offset_days) and version.feature_run_id:
+            log.warning("churn table %s has a %s-day window, %s was trained with %s days: serving its training "
+                        "table %s", meta.get("run_id", "?"), window, version.ref, model.offset_days,
+                        version.feature_run_id)
+            frame, meta = load_run(lake, "churn", version.feature_run_id)
         self.as_of = str(meta.get("as_of", ""))
         self.rows: dict[str, dict] = {
             str(r["user_id"]): r for r in frame.drop_duplicates("user_id").to_dict("records")

@@ -5,9 +5,10 @@ or a shared drive, with nothing else beside it. Sections:
 
 1. segments: sizes, centroids, and the elbow and silhouette of the k search;
 2. the CTR model: ROC on the test split and calibration;
-3. churn: mean survival curves by segment;
+3. churn: mean survival curves by segment (active users without a paid order as ``no_purchases``);
 4. recommendations: the served model against the popularity baselines;
-5. campaigns: ROI and CTR lift by channel (last-click attribution), campaign CTR differences
+5. campaigns: ROI and CTR lift by channel and by segment (impressed users without a paid order
+   as ``no_purchases``; last-click attribution), campaign CTR differences
    with 95 % intervals (A/B-style comparisons against the other campaigns; significance after
    Holm's correction), and the budget allocation of the article's example;
 6. campaign goals: each campaign of ``evaluation.goals`` against its targets, attained and
@@ -42,7 +43,7 @@ import pandas as pd
 
 from cluster.errors import FailedPrecondition, NotFound
 from cluster.settings import Settings
-from ray_apps.segments.service import user_segments_of
+from ray_apps.segments.service import NO_PURCHASES_NAME, user_segments_of
 
 __all__ = ["PLOT_IDS", "Section", "build_report", "mean_survival", "plot_count", "render_html", "write_report"]
 
@@ -205,27 +206,35 @@ def mean_survival(curves: list[list[list[float]]], step: int = 7) -> tuple[np.nd
     return days, np.mean(values, axis=0)
 
 
-def _churn(registry, lake, user_segments: Callable[[], pd.Series], per_segment: int = 200) -> Section:
+#: user_id -> segment name; users passed in without RFM features come back as no_purchases.
+UserSegments = Callable[..., pd.Series]
+
+
+def _churn(registry, lake, user_segments: UserSegments, per_segment: int = 200) -> Section:
     from cluster.feature_io import load_churn_frame
 
     section = Section("Churn", "Survival: the probability that a customer is still active, by segment.")
     model, version = registry.load("churn")
     frame, _ = load_churn_frame(lake)
     active = frame[frame["churned"] == 0] if "churned" in frame else frame
-    segments = user_segments()
+    # Active users include some who never paid (behaviour only): they are no_purchases, not dropped.
+    segments = user_segments(active["user_id"])
     active = active.assign(segment=active["user_id"].map(segments)).dropna(subset=["segment"])
     fig, ax = _figure()
     for i, (name, group) in enumerate(sorted(active.groupby("segment"), key=lambda kv: kv[0])):
         sample = group.sample(n=min(per_segment, len(group)), random_state=1)
         days, mean = mean_survival([c["survival"] for c in model.predict_users(sample, curve_step_days=7)])
-        ax.plot(days, mean, color=_PALETTE[i % len(_PALETTE)], label=f"{name} (n={len(sample)})")
+        reserved = name == NO_PURCHASES_NAME  # not a K-means segment: drawn apart
+        ax.plot(days, mean, color="grey" if reserved else _PALETTE[i % len(_PALETTE)],
+                linestyle="--" if reserved else "-", label=f"{name} (n={len(sample)})")
     ax.set_xlabel("days from today")
     ax.set_ylabel("P(still active)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     ax.set_title(f"Mean survival by segment (churn {version.version}, "
                  f"concordance {version.metrics.get('concordance', float('nan')):.3f})")
-    section.figures.append(Figure("churn-survival", "Active customers only; a sample per segment.", _svg(fig)))
+    section.figures.append(Figure("churn-survival", "Active customers only; a sample per segment. Dashed: "
+                                  f"{NO_PURCHASES_NAME}, active users without a paid order.", _svg(fig)))
     return section
 
 
@@ -247,7 +256,7 @@ def _recs(registry) -> Section:
     return section
 
 
-def _campaigns(settings: Settings, lake, user_segments: Callable[[], pd.Series] | None) -> Section:
+def _campaigns(settings: Settings, lake, user_segments: UserSegments | None) -> Section:
     from cluster.feature_io import load_latest
     from ray_apps.budget import Channel, optimize_budget
     from ray_apps.evaluation.abtest import adjust_pvalues, two_proportion_ztest
@@ -279,7 +288,10 @@ def _campaigns(settings: Settings, lake, user_segments: Callable[[], pd.Series] 
 
     section.tables.append(metrics_table(channels, "channel"))
     if user_segments is not None:
-        section.tables.append(metrics_table(campaign_metrics(table, "segment", user_segments()), "segment"))
+        # Impressed users without a paid order are no_purchases; (none) is left for buyers the model
+        # cannot place yet (no CLV).
+        section.tables.append(metrics_table(campaign_metrics(table, "segment", user_segments(table["user_id"])),
+                                            "segment"))
 
     # Each campaign's CTR against all other campaigns: a z-test per campaign, Holm over all.
     sums = table.groupby("campaign_id")[["impressions", "clicks"]].sum()
@@ -324,8 +336,8 @@ def _campaigns(settings: Settings, lake, user_segments: Callable[[], pd.Series] 
     return section
 
 
-def _funnels(settings: Settings, lake, user_segments: Callable[[], pd.Series] | None) -> Section:
-    from ray_apps.funnels.funnel import funnel_stats, load_funnel_table
+def _funnels(settings: Settings, lake, user_segments: UserSegments | None) -> Section:
+    from ray_apps.funnels.funnel import NO_SEGMENT, funnel_stats, load_funnel_table
 
     table = load_funnel_table(lake)
     name = "default" if "default" in table.definitions else next(iter(table.definitions))
@@ -364,9 +376,9 @@ def _funnels(settings: Settings, lake, user_segments: Callable[[], pd.Series] | 
 
     section.tables.append(_table(rows([overall, *by_device], "device")))
     if user_segments is not None:
-        segments = user_segments()
+        segments = user_segments(table.frame["user_id"].unique())  # non-buyers are no_purchases
         _, by_segment = funnel_stats(table, name, "segment",
-                                     segment_of=lambda ids: [segments.get(u, "(none)") for u in ids])
+                                     segment_of=lambda ids: [segments.get(u, NO_SEGMENT) for u in ids])
         section.tables.append(_table(rows(by_segment, "segment")))
     return section
 
@@ -553,8 +565,9 @@ def build_report(settings: Settings, progress: Progress | None = None) -> list[S
 
     step("segments", 0.0)
     segment_model = attempt("Customer segments", "run `pmkt tune segments`", lambda: _segments(registry))
-    # Every user's segment, computed once for the sections that group by it.
-    user_segments = None if segment_model is None else functools.cache(lambda: user_segments_of(lake, segment_model))
+    # Users' segments for the sections that group by them; a section passes the users it covers,
+    # and those of them without RFM features (no paid order) come back as no_purchases.
+    user_segments = None if segment_model is None else functools.partial(user_segments_of, lake, segment_model)
     step("ctr", 0.2)
     attempt("Click-through rate model", "run `pmkt features tables` and `pmkt tune ctr`", lambda: _ctr(registry, lake))
     step("churn", 0.4)

@@ -2,6 +2,9 @@
 
 In order, the first rule that applies decides (thresholds from ``offers.*`` settings):
 
+0. the ``no_purchases`` segment (a known user who never paid for an order): **first_purchase**,
+   1/2 of ``max_discount``. Retention and winback presuppose a customer to keep, and CLV and
+   propensity are not computed for someone who never bought, so no later rule fits them;
 1. churn risk >= ``churn_risk_high`` and CLV >= ``clv_high``: **retention**, the campaign's
    full ``max_discount`` (a valuable customer about to leave);
 2. churn risk >= ``churn_risk_high``: **winback**, 3/4 of ``max_discount``;
@@ -20,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.settings import CampaignSettings, OfferSettings
+from ray_apps.segments.service import NO_PURCHASES_NAME
 
 __all__ = ["OfferDecision", "ScoreInputs", "decide", "propensity_from_expected"]
 
@@ -53,6 +57,9 @@ def _pct(fraction: float, cap: float) -> float:
 
 def decide(x: ScoreInputs, campaign: CampaignSettings, rules: OfferSettings) -> OfferDecision:
     cap = campaign.max_discount
+    if x.segment_name == NO_PURCHASES_NAME:
+        return OfferDecision("first_purchase", _pct(0.5 * cap, cap),
+                             "no paid order yet (segment no_purchases): first-purchase incentive")
     risky = x.churn_risk is not None and x.churn_risk >= rules.churn_risk_high
     if risky and x.clv is not None and x.clv >= rules.clv_high:
         return OfferDecision("retention", _pct(cap, cap),

@@ -18,7 +18,8 @@ rfm            ``f:rfm_recency_days``, ``f:rfm_frequency``, ``f:rfm_monetary``, 
 scores         ``m:clv_historic``, ``m:clv_predicted``, ``m:p_alive``,
                ``m:expected_purchases``, ``m:churn_risk``
 updated        ``f:profile_built_at``
-segment        computed from ``rfm`` with the currently served segmentation model
+segment        computed from ``rfm`` with the currently served segmentation model; a profile
+               without RFM (no paid order) is in the reserved ``no_purchases`` segment (id -1)
 predicted      ``m:predicted_<name>`` (JSON, :mod:`ray_apps.attributes.cells`) for each
                predictable attribute, listed only while ``a:<name>`` is empty: a declared
                value always wins, even before the next prediction run retracts the cell
@@ -37,6 +38,7 @@ from protos.marketing.v1 import profile_pb2
 from ray_apps.attributes.cells import PREDICTABLE, decode_prediction, predicted_cell
 from ray_apps.segments.service import (
     EXTRA_CELLS,
+    KNOWN_USER_CELLS,
     RFM_CELLS,
     CurrentSegmentModel,
     validate_user_id,
@@ -60,7 +62,8 @@ PROFILE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rfm": ((*RFM_CELLS, "f:avg_monthly_spend", "t:consumption_level"), ()),
     "scores": (tuple(f"m:{c}" for c in SCORE_CELLS), ()),
     "updated": (("f:profile_built_at",), ()),
-    "segment": ((*RFM_CELLS, *EXTRA_CELLS.values()), ()),
+    # The known-user cells spare a second read to tell "no RFM" from "no profile" (see get).
+    "segment": ((*RFM_CELLS, *EXTRA_CELLS.values(), *KNOWN_USER_CELLS), ()),
     # The declared cells come along: a prediction is shown only while its attribute is undeclared.
     "predicted": ((*(predicted_cell(n) for n in PREDICTABLE), *(f"a:{n}" for n in PREDICTABLE)), ()),
 }
@@ -184,14 +187,15 @@ class ProfileLookup:
                 p.predicted.append(profile_pb2.PredictedAttribute(name=name, **pred))
 
     def _fill_segment(self, p: profile_pb2.Profile, cells: dict[str, bytes]) -> None:
-        if self.segments is None or not all(c in cells for c in RFM_CELLS[:3]):
+        # Called only for a user with a profile: without RFM, that is the no_purchases segment.
+        if self.segments is None:
             return
         try:
             lookup = self.segments.lookup()
         except Exception:  # noqa: BLE001 - no model yet: the profile is still useful without it
             return
         try:
-            seg = lookup.from_cells(p.user_id, cells)
+            seg = lookup.from_cells(p.user_id, cells, known=True)
         except NotFound:  # an input the model needs (CLV) is missing: no segment, the rest stands
             return
         p.segment.segment_id = seg.segment_id

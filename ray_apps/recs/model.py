@@ -43,7 +43,9 @@ __all__ = [
     "RP3beta",
     "RecModel",
     "Recommendations",
+    "category_fallback_top_n",
     "category_popularity_scores",
+    "history_category_shares",
     "make_estimator",
     "ranking_metrics",
     "recommend_top_n",
@@ -307,8 +309,17 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     """
     rows, cols = scores.shape
     n_eff = min(n, cols)
-    part = np.argpartition(-scores, n_eff - 1, axis=1)[:, :n_eff] if n_eff < cols else np.tile(
-        np.arange(cols), (rows, 1))
+    if n_eff < cols:
+        # argpartition alone picks an arbitrary subset of the items tied at the cut: keep every item
+        # above the n-th best score, then the tied ones by index.
+        kth = -np.partition(-scores, n_eff - 1, axis=1)[:, n_eff - 1:n_eff]
+        better = scores > kth
+        tied = scores == kth
+        room = n_eff - better.sum(axis=1, keepdims=True)
+        keep = better | (tied & (np.cumsum(tied, axis=1) <= room))
+        part = np.nonzero(keep)[1].reshape(rows, n_eff)
+    else:
+        part = np.tile(np.arange(cols), (rows, 1))
     top_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -top_scores), axis=1)
     best = np.take_along_axis(part, order, axis=1)
@@ -318,8 +329,17 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     return best
 
 
+def _excluded(exclude, n_rows: int, n_items: int) -> sp.csr_matrix | None:
+    if exclude is None:
+        return None
+    E = sp.csr_matrix(exclude)
+    if E.shape != (n_rows, n_items):
+        raise ValueError(f"exclude must be (users={n_rows}, items={n_items}), got {E.shape}")
+    return E
+
+
 def recommend_top_n(model: _ItemScorer, X, n: int = 10, users: Sequence[int] | None = None,
-                    exclude_seen: bool = True) -> np.ndarray:
+                    exclude_seen: bool = True, exclude=None) -> np.ndarray:
     """The ``n`` best items for each of ``users`` (rows of ``X``), ``-1`` where none is left.
 
     Args:
@@ -328,11 +348,14 @@ def recommend_top_n(model: _ItemScorer, X, n: int = 10, users: Sequence[int] | N
         n: List length.
         users: Row indices; default every row.
         exclude_seen: Never list an item the user has in ``X``.
+        exclude: Optional users x items matrix of ``X``'s shape: a non-zero cell is an item never
+            to list for that user (a request's ``exclude_item_ids``).
 
     Returns:
         int array (len(users), n) of item indices, best first.
     """
     X = _as_csr(X)
+    E = _excluded(exclude, *X.shape)
     rows = np.arange(X.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
     out = np.empty((len(rows), n), dtype=np.int64)
     for start in range(0, len(rows), _BLOCK):
@@ -341,6 +364,9 @@ def recommend_top_n(model: _ItemScorer, X, n: int = 10, users: Sequence[int] | N
         scores = model.scores(Xb)
         if exclude_seen:
             r, c = Xb.nonzero()
+            scores[r, c] = -np.inf
+        if E is not None:
+            r, c = E[block].nonzero()
             scores[r, c] = -np.inf
         out[start:start + len(block)] = top_n(scores, n)
     return out
@@ -488,6 +514,62 @@ def category_popularity_scores(shares: np.ndarray, item_category: np.ndarray, po
     return np.where(in_category > 0, offset + in_category, popularity / offset)
 
 
+def history_category_shares(X, item_category: np.ndarray, n_categories: int) -> np.ndarray:
+    """Each user's category shares from their own interactions: the cold-start fallback's input.
+
+    The share of category c is the user's interaction strength on items of c over their strength on
+    items with a category. Training measures the fallback with these shares (its validation cannot
+    use the tags table, which saw the held-out interactions) and serving scores a user with a short
+    history with them, so the threshold chosen on validation is applied to the same lists.
+
+    Args:
+        X: users x items interactions (rows of the users to score).
+        item_category: Category index of every item, ``-1`` for none.
+        n_categories: Number of categories.
+
+    Returns:
+        users x categories, each row summing to 1 (or all 0 without a categorised interaction).
+    """
+    X = _as_csr(X)
+    item_category = np.asarray(item_category, dtype=np.int64)
+    # Items without a category go to an extra column that is dropped.
+    column = np.where(item_category >= 0, item_category, n_categories)
+    onehot = sp.csr_matrix((np.ones(len(column)), (np.arange(len(column)), column)),
+                           shape=(len(column), n_categories + 1))
+    shares = np.asarray((X @ onehot).todense(), dtype=np.float64)[:, :n_categories]
+    totals = shares.sum(axis=1, keepdims=True)
+    return np.divide(shares, totals, out=np.zeros_like(shares), where=totals > 0)
+
+
+def category_fallback_top_n(X, item_category: np.ndarray, n_categories: int, popularity: np.ndarray, n: int = 10,
+                            users: Sequence[int] | None = None, exclude=None) -> np.ndarray:
+    """The category-popularity lists of ``users`` (rows of ``X``) from their own category shares.
+
+    Keys are :func:`category_popularity_scores` of :func:`history_category_shares`; items the user
+    has in ``X`` and the non-zero cells of ``exclude`` (same shape as ``X``) are never listed.
+
+    Returns:
+        int array (len(users), n) of item indices, best first, ``-1`` where none is left.
+    """
+    X = _as_csr(X)
+    E = _excluded(exclude, *X.shape)
+    rows = np.arange(X.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
+    popularity = np.asarray(popularity, dtype=np.float64)
+    out = np.empty((len(rows), n), dtype=np.int64)
+    for start in range(0, len(rows), _BLOCK):
+        block = rows[start:start + _BLOCK]
+        Xb = X[block]
+        keys = category_popularity_scores(history_category_shares(Xb, item_category, n_categories),
+                                          item_category, popularity)
+        r, c = Xb.nonzero()
+        keys[r, c] = -np.inf
+        if E is not None:
+            r, c = E[block].nonzero()
+            keys[r, c] = -np.inf
+        out[start:start + len(block)] = top_n(keys, n)
+    return out
+
+
 class Recommendations(NamedTuple):
     """What :meth:`RecModel.recommend` answers: the list and why it is that list."""
 
@@ -504,12 +586,18 @@ class RecModel:
 
     1. the user has at least ``min_interactions`` interactions in the training matrix: the
        estimator's scores (reason ``model``);
-    2. otherwise, when the user's top categories are known (the ``features/tags`` table, or
-       passed by the caller from a fresher profile): items of those categories, scored by
+    2. otherwise, when the user's category shares are known: items of those categories, scored by
        ``category share x item popularity`` so a category the user prefers twice as much
        weighs twice as much (reason ``fallback:category-popularity``), topped up with globally
-       popular items if the categories hold fewer than ``n`` unseen items;
+       popular items if the categories hold fewer than ``n`` unseen items. A user in the matrix
+       gets the shares of their own interactions (:func:`history_category_shares`, the fallback
+       the training validated and chose ``min_interactions`` with); a user outside it the top
+       categories of the ``features/tags`` table, or those passed by the caller from a fresher
+       profile;
     3. otherwise the globally most popular items (reason ``fallback:popularity``).
+
+    :meth:`recommend` answers one user; the batch functions :func:`recommend_top_n` and
+    :func:`category_fallback_top_n` give the same lists for rows of :attr:`history`.
 
     Items the user has interacted with and items in ``exclude`` are never listed.
 
@@ -588,7 +676,8 @@ class RecModel:
             n: List length (>= 1); shorter only if the catalogue runs out.
             exclude: Item ids never to list (e.g. already in the basket), on top of the seen ones.
             categories: The user's top categories as ``(name, score)`` best first, overriding the
-                ones stored at training time (a fresher profile); only used by the fallback.
+                ones stored at training time (a fresher profile); only used for a user without
+                interactions in the training matrix.
 
         Returns:
             :class:`Recommendations` ``(items, reason)``.
@@ -605,8 +694,11 @@ class RecModel:
             scores = self.estimator.scores(self.history[row])[0]
             keys = np.where(blocked, -np.inf, scores)
             return Recommendations(self._ranked(keys, scores, n), REASON_MODEL)
-        cats = categories if categories is not None else self.user_categories.get(user_id, ())
-        shares = self.category_shares(cats)
+        if n_seen:
+            shares = history_category_shares(self.history[row], self.item_category_index, len(self.categories))[0]
+        else:
+            cats = categories if categories is not None else self.user_categories.get(user_id, ())
+            shares = self.category_shares(cats)
         if shares.any():
             keys = category_popularity_scores(shares[None, :], self.item_category_index, self.popularity)[0]
             shown = np.append(shares, 0.0)[self.item_category_index] * self.popularity

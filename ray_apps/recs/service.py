@@ -1,8 +1,12 @@
 """Recommend's business logic, independent of the transport.
 
 The model holds the training histories, so the items a user has seen are excluded without
-a store read; the profile store is read only for a user the model cannot score (too little
-history), whose fresh ``t:top_categories`` steer the category fallback.
+a store read, and a user with too short a history gets the category fallback from the shares of
+that history, as the training validated it. The profile store is read only for a user outside
+the training matrix: their ``t:top_categories`` steer the category fallback when the cell comes
+from another tags run than the model's (a fresher profile); from the same run the model's own
+copy of the tags table is used, so the served list is the model's batch list (the store keeps
+the scores rounded to 4 places).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cluster.errors import InvalidArgument
-from cluster.storage import ProfileStore, decode_ranked
+from cluster.storage import ProfileStore, decode_ranked, decode_str
 from protos.marketing.v1 import recommend_pb2
 from ray_apps.recs.model import ALGORITHMS, RecModel
 from ray_apps.registry import ModelVersion
@@ -21,6 +25,9 @@ __all__ = ["Recommender", "MODEL_NAME", "DEFAULT_N", "MAX_N"]
 MODEL_NAME = "recs"
 DEFAULT_N = 10
 MAX_N = 100
+#: Profile cells of the category fallback (written by spark_jobs/tags.py).
+CATEGORIES_CELL = "t:top_categories"
+RUN_CELL = "t:run"
 
 
 class Recommender:
@@ -35,8 +42,13 @@ class Recommender:
         self.algorithm = names.get(type(model.estimator), type(model.estimator).__name__.lower())
 
     def _categories(self, user_id: str) -> list[tuple[str, float]] | None:
-        cells = self.store.read(user_id, ["t:top_categories"])
-        return decode_ranked(cells["t:top_categories"]) if cells else None
+        """The user's top categories from a newer tags run than the model's; None to use the model's."""
+        cells = self.store.read(user_id, [CATEGORIES_CELL, RUN_CELL]) or {}
+        if CATEGORIES_CELL not in cells:
+            return None
+        if RUN_CELL in cells and decode_str(cells[RUN_CELL]) == self.version.feature_run_id:
+            return None  # the run the model was trained on: its copy is the unrounded one
+        return decode_ranked(cells[CATEGORIES_CELL])
 
     def recommend(self, user_id: str, n: int = 0, exclude: Sequence[str] = ()) -> recommend_pb2.RecommendResponse:
         """The ``n`` (default 10) best unseen items and the reason.
@@ -51,8 +63,8 @@ class Recommender:
             raise InvalidArgument(f"at most {self.max_exclude} exclude_item_ids, got {len(exclude)}",
                                   field="exclude_item_ids")
         n = n or DEFAULT_N
-        scored = self.model.min_interactions <= self.model.interactions_of(user_id)
-        categories = None if scored else self._categories(user_id)
+        # A user with a history gets the model or the fallback from that history: no store read.
+        categories = None if self.model.interactions_of(user_id) else self._categories(user_id)
         recs = self.model.recommend(user_id, n, exclude=exclude, categories=categories)
         return recommend_pb2.RecommendResponse(
             user_id=user_id,

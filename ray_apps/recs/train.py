@@ -36,12 +36,11 @@ from cluster.storage import Lake, Zone, open_lake
 from ray_apps.recs.model import (
     ALGORITHMS,
     RecModel,
-    category_popularity_scores,
+    category_fallback_top_n,
     make_estimator,
     ranking_metrics,
     recommend_top_n,
     split_matrix,
-    top_n,
 )
 from ray_apps.tuning import Dataset, Fitted, TuneSpec
 
@@ -264,27 +263,14 @@ def _category_fallback_lists(data: RecsData) -> np.ndarray:
 
     Validation cannot use the tags table's top categories: they were computed from every
     interaction, the held-out ones included. A user's category shares here are the user's
-    training interactions (strength-weighted) per category.
+    training interactions (strength-weighted) per category: :func:`history_category_shares`, the
+    same function :class:`RecModel` serves a user below the chosen threshold with.
     """
-    names = sorted(set(data.item_category.values()))
+    names = sorted({c for c in data.item_category.values() if c is not None})
     index = {c: i for i, c in enumerate(names)}
     item_cat = np.array([index.get(data.item_category.get(t), -1) for t in data.item_ids], dtype=np.int64)
-    # Items without a category go to an extra column that is dropped.
-    column = np.where(item_cat >= 0, item_cat, len(names))
-    onehot = sp.csr_matrix((np.ones(len(item_cat)), (np.arange(len(item_cat)), column)),
-                           shape=(len(item_cat), len(names) + 1))
-    shares = np.asarray((data.train @ onehot).todense())[:, :len(names)]
-    totals = shares.sum(axis=1, keepdims=True)
-    shares = np.divide(shares, totals, out=np.zeros_like(shares), where=totals > 0)
     popularity = np.asarray((data.train > 0).sum(axis=0)).ravel().astype(np.float64)
-    out = np.empty((data.train.shape[0], K), dtype=np.int64)
-    for start in range(0, data.train.shape[0], 2048):
-        rows = slice(start, start + 2048)
-        keys = category_popularity_scores(shares[rows], item_cat, popularity)
-        r, c = data.train[rows].nonzero()
-        keys[r, c] = -np.inf
-        out[rows] = top_n(keys, K)
-    return out
+    return category_fallback_top_n(data.train, item_cat, len(names), popularity, K)
 
 
 def fit(best_config: dict, data: RecsData, trial_rows: list[dict]) -> Fitted:

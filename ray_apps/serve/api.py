@@ -37,7 +37,7 @@ from typing import Any
 from fastapi import Body, Depends, FastAPI, Header, Query
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve import Application
 
@@ -63,12 +63,13 @@ from ray_apps.budget import Allocation, Channel, optimize_budget
 from ray_apps.channels.bandit import ChannelBandit
 from ray_apps.channels.service import ChannelChooser
 from ray_apps.churn.service import ChurnScorer
-from ray_apps.ctr.service import CtrScorer
+from ray_apps.ctr.service import CtrScorer, candidate_dict
 from ray_apps.evaluation import service as experiments
 from ray_apps.evaluation.campaigns import CampaignDaily
 from ray_apps.current import CurrentModel
 from ray_apps.events.intake import EVENT_FIELDS, EventIntake, IntakeResult
 from ray_apps.funnels.latest import LatestFunnels
+from ray_apps.funnels import NO_SEGMENT
 from ray_apps.funnels.service import get_funnel, http_query_to_request
 from ray_apps.offers.service import OfferEngine
 from ray_apps.pricing.service import PricingAdvisor
@@ -154,8 +155,14 @@ class AdCandidateIn(BaseModel):
     ad_id: str = ""
     campaign_id: str = ""
     channel: str = ""
-    ad_position: int = 0
+    # the contract's type is text; a JSON number is taken as its text, as in events.jsonl
+    ad_position: str | int = ""
     device_type: str = ""
+
+    @field_validator("ad_position", mode="after")
+    @classmethod
+    def _position_text(cls, value: str | int) -> str:
+        return str(value)
 
 
 class ScoreBatchIn(BaseModel):
@@ -321,9 +328,10 @@ class MarketingApi:
         return self._segments.lookup().get(request.user_id)
 
     @http_app.get(
-        "/v1/users/{user_id}/segment",
+        "/v1/users/{user_id:path}/segment",
         summary="The user's segment",
-        responses={404: {"description": "unknown user or no purchase history"}, 422: {"description": "bad user_id"},
+        responses={404: {"description": "user never seen (no profile); a known user without a paid order "
+                                        "is in segment no_purchases (id -1)"}, 422: {"description": "bad user_id"},
                    409: {"description": "no segments model trained yet"}},
     )
     def get_segment_http(self, user_id: str) -> dict[str, Any]:
@@ -344,7 +352,7 @@ class MarketingApi:
         return self._profiles.get(request.user_id, list(request.field_mask.paths))
 
     @http_app.get(
-        "/v1/users/{user_id}/profile",
+        "/v1/users/{user_id:path}/profile",
         summary="The user's 360° profile",
         responses={404: {"description": "no profile for the user"},
                    422: {"description": "bad user_id or unknown field in fields"}},
@@ -374,8 +382,7 @@ class MarketingApi:
     # -- CtrService ------------------------------------------------------------------------
     @grpc_method(ctr_pb2.ScoreBatchResponse)
     async def ScoreBatch(self, request: ctr_pb2.ScoreBatchRequest) -> ctr_pb2.ScoreBatchResponse:
-        fields = ("user_id", "ad_id", "campaign_id", "channel", "ad_position", "device_type")
-        return self._ctr.get().score([{f: getattr(c, f) for f in fields} for c in request.candidates])
+        return self._ctr.get().score([candidate_dict(c) for c in request.candidates])
 
     @http_app.post(
         "/v1/ctr/score",
@@ -392,17 +399,17 @@ class MarketingApi:
         return self._recs.get().recommend(request.user_id, request.n, list(request.exclude_item_ids))
 
     @http_app.get(
-        "/v1/users/{user_id}/recommendations",
+        "/v1/users/{user_id:path}/recommendations",
         summary="The n best items the user has not seen, with the reason",
         responses={409: {"description": "no recommendation model trained yet"},
                    422: {"description": "bad user_id, n or exclude"}},
     )
     def recommend_http(
         self, user_id: str, n: int = Query(0, description="list length 1..100 (0: 10)"),
-        exclude: str = Query("", description="comma-separated item ids never to list"),
+        exclude: list[str] = Query([], description="an item id never to list, taken verbatim (an item id may "
+                                   "hold a comma); repeat the parameter for several: exclude=a&exclude=b"),
     ) -> dict[str, Any]:
-        items = [i.strip() for i in exclude.split(",") if i.strip()]
-        return _as_dict(self._recs.get().recommend(user_id, n, items))
+        return _as_dict(self._recs.get().recommend(user_id, n, [i for i in exclude if i]))
 
     # -- ChurnService ----------------------------------------------------------------------
     @grpc_method(churn_pb2.ChurnRisk)
@@ -410,7 +417,7 @@ class MarketingApi:
         return self._churn.get().risk(request.user_id, request.curve_step_days)
 
     @http_app.get(
-        "/v1/users/{user_id}/churn",
+        "/v1/users/{user_id:path}/churn",
         summary="Churn risk, survival curve, median time to churn and contact day",
         responses={404: {"description": "user not in the churn table"},
                    409: {"description": "no churn model trained yet"},
@@ -537,9 +544,13 @@ class MarketingApi:
         segment_of = None
         if request.group_by == "segment":
             lookup = self._segments.lookup()
-            segments = self._funnels.segments(lookup.version.ref, lambda: user_segments_of(self._lake, lookup.model))
-            segment_of = lambda ids: [segments.get(u, "(none)") for u in ids]  # noqa: E731
-        return get_funnel(request, self._funnels.get(), segment_of)
+        table = self._funnels.get()
+        if request.group_by == "segment":
+            # users in a funnel without a paid order are no_purchases, as GetSegment says
+            segments = self._funnels.segments(lookup.version.ref, lambda: user_segments_of(
+                self._lake, lookup.model, known_users=table.frame["user_id"].unique()))
+            segment_of = lambda ids: [segments.get(u, NO_SEGMENT) for u in ids]  # noqa: E731
+        return get_funnel(request, table, segment_of)
 
     @grpc_method(funnel_pb2.FunnelResponse)
     async def GetFunnel(self, request: funnel_pb2.GetFunnelRequest) -> funnel_pb2.FunnelResponse:

@@ -86,7 +86,8 @@ def install_http_error_handlers(app: FastAPI) -> None:
             return response
         finally:
             route = request.scope.get("route")
-            method = f"{request.method} {getattr(route, 'path', 'unmatched')}"
+            # "{user_id:path}" (user ids may hold a slash) is labelled "{user_id}"
+            method = f"{request.method} {getattr(route, 'path', 'unmatched')}".replace(":path}", "}")
             record_request(method, "http", str(status), time.perf_counter() - started)
 
     @app.exception_handler(PlatformError)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
 import ssl
+import sys
 from typing import Any
 
 from cluster.errors import FailedPrecondition
 from cluster.settings import ServeSettings, Settings
 
 __all__ = [
-    "APP_NAME", "app_status", "delete", "deploy", "explain_bind_failure", "grpc_target", "metrics_endpoints",
-    "start_serving", "wait_for_model",
+    "APP_NAME", "app_status", "check_ports_free", "delete", "deploy", "explain_bind_failure", "grpc_target",
+    "metrics_endpoints", "start_serving", "wait_for_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,17 @@ def start_serving(settings: Settings) -> None:
 
     The gRPC options must be given before the first deployment: Serve ignores them once
     it runs. Returns when the application is healthy and its proxies accept connections.
+
+    Raises:
+        FailedPrecondition: a port is taken, naming ``serve.grpc_port`` or ``serve.http_port``.
     """
+    sv = settings.serve
+    ray_started = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if settings.ray.address == "local" and not ray_started:
+        # The private Ray's proxies will bind on this host: a taken port is found now, not after
+        # Ray has started and a proxy has failed (~50 s). No Serve of this process holds them yet.
+        check_ports_free(sv)
+
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
@@ -32,7 +45,6 @@ def start_serving(settings: Settings) -> None:
     from ray_apps.serve.api import GRPC_SERVICERS, build_api_app
 
     ensure_ray(settings)
-    sv = settings.serve
     try:
         serve.start(
             proxy_location=sv.proxy_location,
@@ -89,6 +101,39 @@ def explain_bind_failure(exc: BaseException, sv: ServeSettings) -> FailedPrecond
     return FailedPrecondition(
         f"Serve could not listen on port {port}{where}: another process already listens there. "
         f"Stop it, or set {field} to a free port", field=field)
+
+
+def _taken(host: str, port: int) -> bool:
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # an unresolvable host is Serve's to report
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as s:
+            # SO_REUSEADDR: a port with only TIME_WAIT connections is free; one with a listener is not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def check_ports_free(sv: ServeSettings) -> None:
+    """Refuse, before Ray starts, a port that Serve's proxy would fail to bind on this host (the
+    error :func:`explain_bind_failure` makes of that failure afterwards): gRPC on every address
+    (``[::]``), HTTP on ``serve.http_host``.
+
+    Raises:
+        FailedPrecondition: naming ``serve.grpc_port`` or ``serve.http_port``.
+    """
+    for field, host, port in (("serve.grpc_port", "::", sv.grpc_port), ("serve.grpc_port", "0.0.0.0", sv.grpc_port),
+                              ("serve.http_port", sv.http_host, sv.http_port)):
+        if (host != "::" or socket.has_ipv6) and _taken(host, port):
+            raise FailedPrecondition(
+                f"Serve cannot listen on port {port}: another process already listens there. "
+                f"Stop it, or set {field} to a free port", field=field)
 
 
 def grpc_target(settings: Settings, timeout_s: float = 60.0) -> str:
@@ -228,7 +273,6 @@ def _wait_for_proxies(settings: Settings, timeout_s: float = 60.0) -> None:
     Raises:
         Unavailable: a proxy did not come up within ``timeout_s``.
     """
-    import socket
     import time
 
     import httpx

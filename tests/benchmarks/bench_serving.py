@@ -120,7 +120,7 @@ def _prepare(home: Path, users: int) -> list[str]:
     registry.register("segments", RFMSegmenter(n_clusters=5).fit(rfm), metrics={}, params={}, feature_run_id="bench")
     n = 20_000
     records = [{
-        "channel": CHANNELS[rng.integers(4)], "ad_position": int(rng.integers(1, 6)),
+        "channel": CHANNELS[rng.integers(4)], "ad_position": str(rng.integers(1, 6)),
         "device_type": DEVICES[rng.integers(3)], "gender": "FM"[rng.integers(2)],
         "age_band": AGE_BANDS[rng.integers(5)], "city": CITIES[rng.integers(len(CITIES))],
         "recency_band": ["0-7", "8-30", "31-90", "91+"][rng.integers(4)],
@@ -128,7 +128,7 @@ def _prepare(home: Path, users: int) -> list[str]:
         "frequency": int(rng.integers(0, 20)), "monetary": float(rng.gamma(2, 300)), "events_recent": 0,
         "ad_id": f"ad{rng.integers(0, 300):04d}", "campaign_id": f"cmp{rng.integers(0, 20):03d}",
     } for _ in range(n)]
-    logit = np.array([-3.0 + 0.8 * (r["channel"] == "search") - 0.3 * r["ad_position"] for r in records])
+    logit = np.array([-3.0 + 0.8 * (r["channel"] == "search") - 0.3 * int(r["ad_position"]) for r in records])
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     spec = _ctr_spec(records)
     enc = [encode_ctr(r, spec) for r in records]
@@ -150,7 +150,7 @@ def _plain_server(home: str, port: int, ready) -> None:
     from cluster.settings import load_settings
     from cluster.storage import open_lake, open_profile_store
     from protos.marketing.v1 import ctr_pb2_grpc, profile_pb2_grpc
-    from ray_apps.ctr.service import CtrScorer
+    from ray_apps.ctr.service import CtrScorer, candidate_dict
     from ray_apps.profiles.service import ProfileLookup
     from ray_apps.registry import ModelRegistry
     from ray_apps.segments.service import CurrentSegmentModel
@@ -162,7 +162,6 @@ def _plain_server(home: str, port: int, ready) -> None:
                                                         max_user_id_length=sv.max_user_id_length),
                              sv.max_user_id_length)
     ctr = CtrScorer(store, *registry.load("ctr"), max_batch=sv.max_batch, max_user_id_length=sv.max_user_id_length)
-    fields = ("user_id", "ad_id", "campaign_id", "channel", "ad_position", "device_type")
 
     def answer(context, fn):
         try:
@@ -176,7 +175,7 @@ def _plain_server(home: str, port: int, ready) -> None:
 
     class Ctr(ctr_pb2_grpc.CtrServiceServicer):
         def ScoreBatch(self, request, context):
-            return answer(context, lambda: ctr.score([{f: getattr(c, f) for f in fields} for c in request.candidates]))
+            return answer(context, lambda: ctr.score([candidate_dict(c) for c in request.candidates]))
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(Profiles(), server)
@@ -231,7 +230,7 @@ def _requests(ids: list[str], candidates: int, n: int, seed: int):
     profile = [profile_pb2.GetProfileRequest(user_id=u, field_mask=field_mask_pb2.FieldMask()) for u in users]
     score = [ctr_pb2.ScoreBatchRequest(candidates=[ctr_pb2.AdCandidate(
         user_id=u, ad_id=f"ad{rng.integers(0, 300):04d}", campaign_id=f"cmp{rng.integers(0, 20):03d}",
-        channel=CHANNELS[rng.integers(4)], ad_position=int(rng.integers(1, 6)), device_type=DEVICES[rng.integers(3)],
+        channel=CHANNELS[rng.integers(4)], ad_position=str(rng.integers(1, 6)), device_type=DEVICES[rng.integers(3)],
     ) for _ in range(candidates)]) for u in users]
     return {"GetProfile": profile, "ScoreBatch": score}
 

@@ -69,3 +69,42 @@ def chain(settings_factory, tmp_path_factory, spark):
         }
     finally:
         shutdown_ray()
+
+
+#: The varied data set: `pmkt data generate --style varied` (placement names as ad positions, other
+#: id patterns, every timestamp style, BOM and CRLF, users without orders), run through `pmkt demo --input`.
+VARIED_USERS, VARIED_DAYS, VARIED_SEED = 2000, 120, 23
+
+
+@pytest.fixture(scope="session")
+def varied_chain(tmp_path_factory):
+    """`pmkt demo --input` on a varied data set, as a user runs it (the CLI in a subprocess): its
+    output, and the settings of its lake, registry and profile store for the parity tests. It runs
+    before the in-process chain starts Ray (tests/e2e/test_a_varied.py is the first module)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cluster.settings import load_settings
+    from tests.ports import free_port
+
+    env = {**os.environ, "PMKT_HOME": str(tmp_path_factory.mktemp("varied-home")),
+           "PMKT_SERVE__HTTP_PORT": str(free_port()), "PMKT_SERVE__GRPC_PORT": str(free_port()),
+           "PMKT_SPARK__SHUFFLE_PARTITIONS": "2", "PMKT_TRAINING_TABLES__INACTIVITY_DAYS": str(INACTIVITY_DAYS),
+           "COLUMNS": "160"}
+    env.pop("PMKT_SETTINGS", None)
+    env.pop("PMKT_PROFILE", None)
+    settings = load_settings("embedded", env=env)
+    data = tmp_path_factory.mktemp("varied") / "input"
+    pmkt = [sys.executable, "-m", "cluster.cli"]
+    started = time.monotonic()
+    generated = subprocess.run([*pmkt, "data", "generate", str(data), "--style", "varied", "--users",
+                                str(VARIED_USERS), "--days", str(VARIED_DAYS), "--seed", str(VARIED_SEED)],
+                               env=env, capture_output=True, text=True, timeout=600)
+    demo = subprocess.run([*pmkt, "demo", "--input", str(data), "--smoke-test"], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    return {"settings": settings, "data": data, "generate": generated, "demo": demo,
+            "seconds": time.monotonic() - started,
+            "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8"))
+            if (data / "_truth" / "manifest.json").exists() else {}}

@@ -47,7 +47,7 @@ def ad(chain):
     row = lake.read_parquet(chain["tables"]["ctr"]["path"], "split=test",
                             columns=["ad_id", "campaign_id", "channel", "ad_position", "device_type"]).iloc[0]
     return {"ad_id": str(row.ad_id), "campaign_id": str(row.campaign_id), "channel": str(row.channel),
-            "ad_position": int(row.ad_position), "device_type": str(row.device_type)}
+            "ad_position": str(row.ad_position), "device_type": str(row.device_type)}
 
 
 def test_ctr_scores_agree_on_both_transports_and_vary_with_the_user(client, chain, users, ad):
@@ -239,7 +239,7 @@ def test_fuzzed_requests_get_a_defined_status(stubs, data):
     from protos.marketing.v1 import budget_pb2, channel_pb2, ctr_pb2, offer_pb2, recommend_pb2
 
     cand = st.builds(ctr_pb2.AdCandidate, user_id=text, ad_id=text, campaign_id=text, channel=text,
-                     ad_position=st.integers(-2**31, 2**31 - 1), device_type=text)
+                     ad_position=text, device_type=text)
     chan = st.builds(budget_pb2.BudgetChannel, name=text, cost_per_placement=finite, roi=finite,
                      max_placements=finite, min_placements=finite)
     cases = [
@@ -271,3 +271,27 @@ def test_the_standard_grpc_health_service_answers_per_service(chain):
         with pytest.raises(grpc.RpcError) as err:
             stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_http_takes_any_contract_id_in_paths_and_exclusions(client, chain, users):
+    """User ids with a slash reach their route, and an excluded item id holding a comma is one
+    item (the contract allows both); HTTP answers like gRPC."""
+    import httpx
+
+    sv = chain["settings"].serve
+    base = f"http://{sv.grpc_client_host}:{sv.http_port}"
+    for suffix in ("segment", "profile", "recommendations", "churn"):
+        r = httpx.get(f"{base}/v1/users/no%2Fsuch%2Fuser/{suffix}", timeout=20)
+        if suffix == "recommendations":  # an unknown user gets the popularity fallback
+            assert r.status_code == 200 and r.json()["reason"].startswith("fallback:"), r.text
+        else:  # the route matched: the platform's NOT_FOUND body, not the router's bare 404
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    uid = next(iter(users))
+    first = client.recommend(uid, 5)
+    banned = [first.items[0].item_id, f"{first.items[1].item_id},{first.items[2].item_id}"]
+    g, h = client.recommend(uid, 5, exclude=banned), client.recommend_http(uid, 5, exclude=banned)
+    assert [i.item_id for i in g.items] == [i.item_id for i in h.items]
+    listed = {i.item_id for i in h.items}
+    assert first.items[0].item_id not in listed
+    # "b,c" is one (unknown) id: b and c themselves stay listable
+    assert first.items[1].item_id in listed and first.items[2].item_id in listed

@@ -187,3 +187,44 @@ def _has_profile(client, uid) -> bool:
         return True
     except NotFound:
         return False
+
+
+def test_no_purchases_segment_for_known_users_and_not_found_for_unknown_ids(chain):
+    """A user of users.csv (accepted by ingest) without RFM features, i.e. no paid order, is in the
+    reserved no_purchases segment on both transports, in GetSegment and GetProfile; an id the
+    platform never saw stays NOT_FOUND."""
+    import httpx
+
+    from cluster.errors import NotFound
+    from cluster.storage import Zone, open_lake
+    from ray_apps.client import MarketingClient
+
+    settings = chain["settings"]
+    lake = open_lake(settings)
+    listed = set(pd.read_csv(chain["data"] / "users.csv", dtype=str, usecols=["user_id"])["user_id"].dropna())
+    accepted = set().union(*(lake.read_parquet(Zone.RAW, "users", part, columns=["user_id"])["user_id"]
+                             for part in lake.list_dir(Zone.RAW, "users") if part.startswith("dt=")))
+    buyers = set(lake.read_parquet(chain["rfm"]["path"], columns=["user_id"])["user_id"])
+    never_paid = sorted((listed & accepted) - buyers)
+    assert len(never_paid) >= 100, "the generated data has registered users who never paid"
+    picked = pd.Series(never_paid).sample(n=3, random_state=5).tolist()
+    base = f"http://{settings.serve.http_client_host}:{settings.serve.http_port}"
+    with MarketingClient.from_settings(settings, timeout_s=10) as client:
+        for uid in picked:
+            g = client.get_segment(uid)
+            assert (g.user_id, g.segment_id, g.segment_name, g.segment_name_zh) == (uid, -1, "no_purchases",
+                                                                                   "未购买客户"), uid
+            assert not g.HasField("rfm") and g.as_of == "" and g.model_version == chain["model"].ref
+            resp = httpx.get(f"{base}/v1/users/{uid}/segment", timeout=10)
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert "rfm" not in body and (body["segment_id"], body["segment_name"]) == (-1, "no_purchases")
+            assert client.get_segment_http(uid) == g
+            for get_profile in (client.get_profile, client.get_profile_http):
+                p = get_profile(uid)
+                assert (p.segment.segment_id, p.segment.segment_name) == (-1, "no_purchases")
+                assert not p.HasField("rfm")
+        for get in (client.get_segment, client.get_segment_http):
+            with pytest.raises(NotFound):
+                get("never-seen-user-77")
+    assert "never-seen-user-77" not in listed

@@ -42,7 +42,7 @@ def test_model_services_answer_with_the_current_versions_on_both_transports(serv
     from cluster._demo_services import _served
 
     c, users = served["client"], served["users"]
-    ad = {"ad_id": "ad-1", "channel": "feed", "ad_position": 1}
+    ad = {"ad_id": "ad-1", "channel": "feed", "ad_position": "1"}
     g = _served(lambda: c.score_ctr([{**ad, "user_id": u} for u in users]), served["wait"] * 3)
     h = c.score_ctr_http([{**ad, "user_id": u} for u in users])
     assert [round(s.p_click, 9) for s in g.scores] == [round(s.p_click, 9) for s in h.scores]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import math
 import re
@@ -117,9 +118,12 @@ def _field_issues(row: dict) -> list[str]:
 
 
 def read_lines(path: Path) -> list[str]:
+    """The file's lines as the contract reads them: a leading BOM dropped, ``\n`` or ``\r\n`` ends."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", newline="") as f:
-        return f.read().split("\n")[:-1]
+        text = f.read()
+    text = text[1:] if text.startswith("\ufeff") else text
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")[:-1]]
 
 
 def reconcile(folder: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
@@ -129,8 +133,10 @@ def reconcile(folder: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     for ds in DATASETS:
         path = next(folder / n for n in ds.file_names() if (folder / n).exists())
         lines = read_lines(path)
-        if ds.fmt == "csv":
-            assert lines[0] == ",".join(ds.columns)
+        columns = ds.columns
+        if ds.fmt == "csv":  # columns are matched by name
+            columns = next(csv.reader([lines[0]]))
+            assert sorted(columns) == sorted(ds.columns), columns
             lines = lines[1:]
         counts: dict[str, int] = {}
         unique = list(dict.fromkeys(lines))
@@ -138,13 +144,14 @@ def reconcile(folder: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
         for line in unique:
             if ds.fmt == "csv":
                 fields = next(csv.reader([line]))
-                row = dict(zip(ds.columns, fields)) if len(fields) == len(ds.columns) else None
+                row = dict(zip(columns, fields)) if len(fields) == len(columns) else None
             else:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     row = None
-                row = row if isinstance(row, dict) else None
+                # a JSON number is taken as its text
+                row = {k: v if v is None else str(v) for k, v in row.items()} if isinstance(row, dict) else None
             if row is None:
                 counts["malformed_record"] = counts.get("malformed_record", 0) + 1
                 continue
@@ -346,7 +353,7 @@ def test_activity_lies_inside_the_window_and_signup_before_it(small_read):
 
 
 def _truth(summary: GenerationSummary) -> pd.DataFrame:
-    return pd.read_csv(summary.out_dir / TRUTH_DIR / "users.csv", dtype={"churn_day": "Int64"},
+    return pd.read_csv(summary.out_dir / TRUTH_DIR / "users.csv", dtype={"churn_day": "Int64", "user_id": str},
                        keep_default_na=False, na_values={"churn_day": [""]})
 
 
@@ -531,3 +538,220 @@ def test_promotions_raise_orders_more_in_elastic_categories(medium):
     # direction is asserted: deep discounts sell more, and more so where the plant is elastic.
     assert (lift > 0).mean() >= 0.8
     assert lift.corr(planted[lift.index], method="spearman") > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Style "varied": the same world in other shapes the contract allows
+# ---------------------------------------------------------------------------------------------
+
+#: sha256 over (relative path, bytes) of every file of ``generate(users=200, days=14, seed=1)``,
+#: taken before ``style`` existed. The default bytes may only change with GENERATOR_VERSION (then
+#: update this hash in the same change).
+DEFAULT_BYTES_SHA256 = "a16ed2734f84b82d98da1c20d1e1bf99bd1d1a9780a183c52e816a9edcaa09cb"
+VARIED_USERS, VARIED_DAYS, VARIED_SEED = 300, 60, 5
+ID_CHARS_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+ISO_FRACTION_RE = re.compile(r"T\d{2}:\d{2}:\d{2}\.\d{1,6}(Z|[+-]\d{2}:\d{2})$")
+
+
+def _tree_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name, data in all_files(folder).items():
+        digest.update(name.encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory) -> GenerationSummary:
+    return generate(tmp_path_factory.mktemp("varied"), users=VARIED_USERS, days=VARIED_DAYS, seed=VARIED_SEED,
+                    style="varied")
+
+
+@pytest.fixture(scope="module")
+def varied_read(varied) -> tuple[dict, dict]:
+    return reconcile(varied.out_dir)
+
+
+def test_default_style_is_byte_identical_to_before_styles_existed(tmp_path):
+    omitted = generate(tmp_path / "omitted", users=200, days=14, seed=1)
+    explicit = generate(tmp_path / "default", users=200, days=14, seed=1, style="default")
+    assert all_files(explicit.out_dir) == all_files(omitted.out_dir)
+    assert _tree_sha256(omitted.out_dir) == DEFAULT_BYTES_SHA256
+    assert "style" not in manifest(omitted)
+
+
+def test_unknown_style_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="style"):
+        generate(tmp_path, users=200, days=14, seed=1, style="messy")
+
+
+def test_varied_is_deterministic_and_not_the_default(varied, tmp_path):
+    again = generate(tmp_path / "again", users=VARIED_USERS, days=VARIED_DAYS, seed=VARIED_SEED, style="varied")
+    default = generate(tmp_path / "default", users=VARIED_USERS, days=VARIED_DAYS, seed=VARIED_SEED)
+    first = all_files(varied.out_dir)
+    assert all_files(again.out_dir) == first
+    other = all_files(default.out_dir)
+    for ds in DATASETS:
+        name = ds.file_names()[0]
+        assert first[name] != other[name], name
+    assert manifest(varied)["style"] == "varied"
+
+
+def test_varied_files_have_a_bom_and_crlf_line_ends(varied):
+    for ds in DATASETS:
+        data = varied.files[ds.name].read_bytes()
+        assert data.startswith(b"\xef\xbb\xbf") == (ds.fmt == "csv"), ds.name
+        assert data.endswith(b"\r\n") and data.count(b"\r\n") == data.count(b"\n") > 100, ds.name
+
+
+def test_varied_reference_reader_reproduces_expected_reconciliation(varied, varied_read):
+    report, rows = varied_read
+    assert report == varied.expected == manifest(varied)["expected"]
+    # Every planted reason is still there, next to the variations.
+    assert {r for exp in report.values() for r in exp["quarantined"]} >= {
+        "malformed_record", "missing_required", "bad_timestamp", "conflicting_duplicate"}
+    assert report["orders"]["unknown_users"] >= 3
+
+
+def test_varied_timestamps_mix_all_three_styles_and_other_offsets(varied_read):
+    _, rows = varied_read
+    for name, columns in TIME_COLUMNS.items():
+        for col in columns:
+            values = [r[col] for r in rows[name] if r.get(col)]
+            for pattern in (LOCAL_RE, ISO_RE, EPOCH_MS_RE):
+                share = sum(bool(pattern.match(v)) for v in values) / len(values)
+                assert share > 0.1, (name, col, pattern.pattern, share)
+            iso = [v for v in values if ISO_RE.match(v)]
+            assert any(v.endswith("Z") for v in iso), (name, col)
+            assert any(ISO_FRACTION_RE.search(v) for v in iso), (name, col)
+            assert len({v[-6:] for v in iso if not v.endswith("Z")}) >= 3, (name, col)  # other offsets
+
+
+def test_varied_ids_follow_other_patterns(varied_read):
+    _, rows = varied_read
+    users = [r["user_id"] for r in rows["users"]]
+    lengths = [len(u) for u in users]
+    assert all(ID_CHARS_RE.match(u) for u in users)
+    assert min(lengths) <= 8 and max(lengths) == 40
+    assert len(set(lengths)) >= 8 and len({u[0] for u in users}) >= 5
+    assert not any(re.fullmatch(r"u\d{6}", u) for u in users)
+    assert all(re.fullmatch(r"SO-\d{8}-\d{6}", r["order_id"]) for r in rows["orders"])
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    assert all(re.fullmatch(uuid, r["event_id"]) for r in rows["events"])
+    assert all(re.fullmatch(r"imp_\d{8}_[0-9a-z]{7}", r["impression_id"]) for r in rows["impressions"])
+    # No id looks like a phone or resident ID number (the quarantine masks such runs).
+    ids = users + [r[c] for n, c in (("orders", "order_id"), ("events", "event_id"), ("impressions",
+                                                                                      "impression_id"))
+                   for r in rows[n]]
+    assert not any(re.search(r"\d{11}", i) for i in ids)
+
+
+def test_varied_has_users_without_orders_and_users_only_in_users_csv(varied, varied_read):
+    _, rows = varied_read
+    users = {r["user_id"] for r in rows["users"]}
+    ordered = {r["user_id"] for r in rows["orders"]}
+    active = ordered | {r["user_id"] for name in ("events", "impressions") for r in rows[name]}
+    without_orders = len(users - ordered) / len(users)
+    assert 0.22 < without_orders < 0.38, without_orders
+    truth = _truth(varied)
+    dormant = set(truth.loc[truth["archetype"] == "dormant", "user_id"])
+    assert len(dormant) == manifest(varied)["varied"]["registered_only"]["users"] > 0.2 * VARIED_USERS
+    assert dormant <= users - active  # in users.csv, nowhere else
+    assert (truth.loc[truth["archetype"] == "dormant", "has_paid_order"] == 0).all()
+    assert set(truth["user_id"]) == users  # the truth is renamed with the files
+
+
+def test_varied_names_lie_outside_the_built_in_lists(varied, varied_read):
+    from cluster.datagen import AD_POSITION_NAMES, CATEGORIES, CITIES, VARIED_CHANNELS, VARIED_DEVICES
+
+    _, rows = varied_read
+    m = manifest(varied)["varied"]
+    positions = [r["ad_position"] for r in rows["impressions"]]
+    named = sum(not p.isdigit() for p in positions) / len(positions)
+    assert 0.6 < named < 0.9, named
+    assert set(positions) <= set(m["ad_positions"]) and AD_POSITION_NAMES[3] in positions
+    assert {m["ad_positions"][name] for name in AD_POSITION_NAMES.values()} == set(AD_POSITION_NAMES)
+    cities = {r["city"] for r in rows["users"]} - set(CITIES) - {""}
+    assert len(cities) >= 5 and any(re.fullmatch(r"[A-Za-z ]+", c) for c in cities)
+    built_in = {b for c in CATEGORIES for b in c.brands}
+    assert {r["brand"] for r in rows["orders"] + rows["events"]} - built_in
+    channels = {r["channel"] for r in rows["impressions"]}
+    assert channels <= set(VARIED_CHANNELS.values()) and len(channels) >= 4
+    assert {r["device_type"] for r in rows["events"] + rows["impressions"]} <= set(VARIED_DEVICES.values())
+    assert "iPhone" in {r["device_type"] for r in rows["events"]}
+    campaigns = {r["campaign_id"] for r in rows["impressions"]}
+    assert campaigns <= set(m["campaigns"])
+    assert all(re.fullmatch(r"2026Q2-[a-z0-9-]+-[a-z]+", c) for c in campaigns)
+
+
+def test_varied_is_the_default_world_renamed(varied, varied_read, tmp_path):
+    """Same seed and size: each clean default row has a varied row with the same user, instant,
+    position, channel, device, cost and click, so the planted effects (placement included) survive."""
+    default = generate(tmp_path, users=VARIED_USERS, days=VARIED_DAYS, seed=VARIED_SEED)
+    _, d_rows = reconcile(default.out_dir)
+    _, v_rows = varied_read
+    m = manifest(varied)["varied"]
+    d_truth, v_truth = _truth(default), _truth(varied)
+    assert v_truth["archetype"].iloc[: len(d_truth)].tolist() == d_truth["archetype"].tolist()
+    user = dict(zip(d_truth["user_id"], v_truth["user_id"]))
+
+    d_p = pd.read_csv(default.out_dir / TRUTH_DIR / "impressions.csv", dtype=str)
+    v_p = pd.read_csv(varied.out_dir / TRUTH_DIR / "impressions.csv", dtype=str)
+    assert d_p["p_click"].tolist() == v_p["p_click"].tolist()
+    d_imps = {r["impression_id"]: r for r in d_rows["impressions"]}
+    v_imps = {r["impression_id"]: r for r in v_rows["impressions"]}
+    for d_id, v_id in zip(d_p["impression_id"], v_p["impression_id"]):
+        d, v = d_imps[d_id], v_imps[v_id]
+        assert m["ad_positions"][v["ad_position"]] == int(d["ad_position"])
+        assert (v["channel"], v["device_type"]) == (m["channels"][d["channel"]], m["devices"][d["device_type"]])
+        assert (v["user_id"], v["clicked"]) == (user[d["user_id"]], d["clicked"])
+        assert float(v["cost"]) == float(d["cost"])
+        assert abs(parse_ts(v["ts"]) - parse_ts(d["ts"])) < timedelta(seconds=1)
+        assert m["campaigns"][v["campaign_id"]]["channel"] == v["channel"]
+
+    # Orders and events of the simulated users (orders of unknown users are planted defects).
+    renamed = set(user.values())
+
+    def orders(rows: list[dict], rename: dict) -> list[tuple]:
+        return sorted((rename[r["user_id"]], r["category"], float(r["amount"]), r["quantity"], r["status"],
+                       parse_ts(r["order_time"]).replace(microsecond=0)) for r in rows if r["user_id"] in rename)
+
+    assert orders(v_rows["orders"], {u: u for u in renamed}) == orders(d_rows["orders"], user)
+
+    def events(rows: list[dict], rename: dict) -> list[tuple]:
+        return sorted((rename[r["user_id"]], r["action"], r["category"], parse_ts(r["ts"]).replace(microsecond=0))
+                      for r in rows if r["user_id"] in rename)
+
+    assert events(v_rows["events"], {u: u for u in renamed}) == events(d_rows["events"], user)
+
+
+def _ingest_report(settings, folder: Path, lake_root: Path, run_id: str) -> dict:
+    from spark_jobs import ingest
+
+    s = settings.model_copy(update={"lake": settings.lake.model_copy(update={"root": lake_root})})
+    report = ingest.main(s, folder, run_id=run_id)
+    return {name: {key: report["files"][name][key] for key in exp} for name, exp in manifest_expected(folder).items()}
+
+
+def manifest_expected(folder: Path) -> dict:
+    return json.loads((folder / TRUTH_DIR / "manifest.json").read_text(encoding="utf-8"))["expected"]
+
+
+def test_varied_ingest_reports_the_truth(varied, settings, spark, tmp_path):
+    assert _ingest_report(settings, varied.out_dir, tmp_path / "lake", "varied") == varied.expected
+
+
+def test_cli_writes_the_varied_style(tmp_path):
+    import click
+
+    from cluster.cli import cli
+
+    def run(*args: str) -> None:
+        cli.main(args=["data", "generate", *args], prog_name="pmkt", standalone_mode=False)
+
+    run(str(tmp_path / "cli"), "--style", "varied", "--users", "150", "--days", "10", "--seed", "4")
+    api = generate(tmp_path / "api", users=150, days=10, seed=4, style="varied")
+    assert all_files(tmp_path / "cli") == all_files(api.out_dir)
+    with pytest.raises(click.BadParameter, match="varied") as bad:
+        run(str(tmp_path / "bad"), "--style", "messy")
+    assert bad.value.param.name == "style"

@@ -369,3 +369,23 @@ def test_the_contract_document_lists_every_reason_code():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "data-contract.md").read_text(encoding="utf-8")
     for reason in REASONS:
         assert f"| `{reason.code}` |" in doc, f"{reason.code} missing from the reason table"
+
+
+def test_user_ids_the_api_cannot_take_are_quarantined_as_bad_id(settings, spark, data_dir, tmp_path):
+    """A user id over MAX_USER_ID_LENGTH or with a control character is bad_id in every file: the
+    lake never holds a user the API would refuse (serve.max_user_id_length defaults to the same)."""
+    from cluster.contract import MAX_USER_ID_LENGTH
+    from cluster.settings import load_settings
+
+    longest, too_long = "u" * MAX_USER_ID_LENGTH, "v" * (MAX_USER_ID_LENGTH + 1)
+    _write(data_dir / "orders.csv", "order_id,user_id,order_time,amount\n"
+           f"o1,{longest},2026-03-01 10:00:00,5\n"
+           f"o2,{too_long},not a time,5\n"
+           "o3,u\x01x,2026-03-01 10:00:00,5\n")
+    _write(data_dir / "events.jsonl", json.dumps({"event_id": "e1", "user_id": "a\u0007b", "ts": "2026-03-01 10:00:00",
+                                                  "action": "view"}) + "\n")
+    report = ingest.main(_lake_settings(settings, tmp_path / "lake"), data_dir, run_id="run-ids")
+    assert report["files"]["orders"]["accepted"] == 1
+    assert report["files"]["orders"]["quarantined"] == {"bad_id": 2}  # before bad_timestamp
+    assert report["files"]["events"]["quarantined"] == {"bad_id": 1}
+    assert load_settings("embedded").serve.max_user_id_length == MAX_USER_ID_LENGTH

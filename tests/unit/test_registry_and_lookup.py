@@ -49,7 +49,8 @@ def lookup(tmp_path):
     store.write_batch(
         [
             ("u1", {"f:rfm_recency_days": 3, "f:rfm_frequency": 12, "f:rfm_monetary": 5000.5, "f:rfm_as_of": "2026-07-01"}),
-            ("u2", {"a:city": "上海"}),  # a profile without purchases
+            # a profile without purchases, as the profile build writes it
+            ("u2", {"a:city": "上海", "f:profile_built_at": "2026-07-02T00:00:00+00:00"}),
         ]
     )
     return SegmentLookup(store, model, mv, max_user_id_length=64)
@@ -63,11 +64,12 @@ def test_lookup_answers_with_model_version(lookup):
     assert resp.as_of == "2026-07-01"
 
 
-@pytest.mark.parametrize("uid", ["nobody", "u2"])
-def test_lookup_not_found(lookup, uid):
+def test_lookup_not_found_only_for_users_never_seen(lookup):
     with pytest.raises(NotFound) as err:
-        lookup.get(uid)
+        lookup.get("nobody")
     assert err.value.grpc_status_code() == grpc.StatusCode.NOT_FOUND and err.value.http_status_code() == 404
+    # A profile without purchases is known: the reserved segment (tests/unit/test_no_purchases.py).
+    assert lookup.get("u2").segment_name == "no_purchases"
 
 
 @pytest.mark.parametrize("uid", ["", "   ", "x" * 65, "u\x001"])

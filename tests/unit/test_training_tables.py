@@ -361,3 +361,33 @@ def test_main_writes_latest_meta_and_reports_progress(generated):
 def test_main_needs_ingested_data(settings, tmp_path):
     with pytest.raises(FailedPrecondition, match="ingest"):
         tt.main(_lake_settings(settings, tmp_path / "empty-lake"))
+
+
+def test_ctr_users_hold_every_known_users_inputs_as_of_the_cut_off(generated):
+    """features/ctr_users (what the profiles serve the CTR model) against a pandas computation from
+    the raw files: every known user, paid orders, spend and the events of the lookback window."""
+    from cluster.feature_io import CTR_USER_INPUTS
+
+    lake = generated["lake"]
+    meta = generated["meta"]["ctr_users"]
+    users = lake.read_parquet(meta["path"]).set_index("user_id")
+    assert list(users.columns) == [*CTR_USER_INPUTS, "as_of"]
+    assert (users["as_of"] == meta["as_of"]).all() and meta["as_of"] == generated["manifest"]["as_of"]
+    raw = {name: pd.read_parquet(lake.root / "raw" / name, columns=cols) for name, cols in (
+        ("users", ["user_id"]), ("orders", ["user_id", "order_id", "order_time", "amount", "status"]),
+        ("events", ["user_id", "ts"]), ("impressions", ["user_id"]))}
+    known = set().union(*(set(frame["user_id"]) for frame in raw.values()))
+    assert set(users.index) == known
+    cut = pd.Timestamp(meta["as_of"], tz="UTC")
+    paid = raw["orders"][raw["orders"]["status"] == "paid"]
+    paid = paid[pd.to_datetime(paid["order_time"], utc=True) < cut]
+    freq = paid.groupby("user_id")["order_id"].nunique()
+    spend = paid.groupby("user_id")["amount"].sum().round(2)
+    ts = pd.to_datetime(raw["events"]["ts"], utc=True)
+    recent = raw["events"][(ts < cut) & (ts >= cut - pd.Timedelta(days=meta["lookback_days"]))]
+    counts = recent.groupby("user_id").size()
+    expect = pd.DataFrame({"frequency": freq, "monetary": spend, "events_recent": counts}).reindex(users.index).fillna(0)
+    np.testing.assert_array_equal(users["frequency"].to_numpy(), expect["frequency"].to_numpy())
+    np.testing.assert_allclose(users["monetary"].to_numpy(), expect["monetary"].to_numpy(), atol=0.011)
+    np.testing.assert_array_equal(users["events_recent"].to_numpy(), expect["events_recent"].to_numpy())
+    assert users["recency_days"].isna().sum() == len(known - set(freq.index))
