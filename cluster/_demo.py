@@ -63,7 +63,8 @@ def call_api(settings: Settings, user_ids: list[str], rounds: int = 50) -> dict:
             if (g.segment_id, g.model_version) != (h.segment_id, h.model_version):
                 raise FailedPrecondition(f"gRPC and HTTP disagree for {uid}: {g} vs {h}")
             result["answers"].append(g)
-        cases = {"unknown user": "no-such-user", "empty id": "", "over-long id": "x" * 65}
+        too_long = "x" * (settings.serve.max_user_id_length + 1)
+        cases = {"unknown user": "no-such-user", "empty id": "", "over-long id": too_long}
         for case, uid in cases.items():
             for transport, call in (("gRPC", client.get_segment), ("HTTP", client.get_segment_http)):
                 try:

@@ -34,7 +34,7 @@ def http_call(base, user_id):
 
 def main():
     target, base, *users = sys.argv[1:]
-    cases = {"unknown": "no-such-user-42", "empty": "", "long": "x" * 65}
+    cases = {"unknown": "no-such-user-42", "empty": "", "long": "x" * 129}  # serve.max_user_id_length (128) + 1
     with grpc.insecure_channel(target) as channel:
         stub = segment_pb2_grpc.SegmentServiceStub(channel)
         out = {
