@@ -117,3 +117,17 @@ def test_forget_removes_the_profile_and_keeps_it_out_of_later_builds(built):
     assert store.read(victim) is None
     assert victim not in set(open_lake(settings).read_parquet(new_rfm["path"])["user_id"])
     assert new_rfm["users"] == built["rfm"]["users"] - 1
+    # the CTR inputs kept for serving (features/ctr_users -> f:ctr_* cells) leave the user out too
+    import pandas as pd
+
+    from spark_jobs import training_tables
+
+    tables = training_tables.main(settings, inactivity_days=14)
+    profiles.main(settings)
+    lake = open_lake(settings)
+    kept = set(lake.read_parquet(tables["ctr_users"]["path"], columns=["user_id"])["user_id"])
+    assert victim not in kept and len(kept) >= new_rfm["users"]
+    assert victim not in set(pd.read_parquet(lake.root / tables["ctr"]["path"], columns=["user_id"])["user_id"])
+    assert store.read(victim) is None
+    other = sorted(kept)[0]
+    assert store.read(other, ["f:ctr_as_of"]) == {"f:ctr_as_of": tables["as_of"].encode()}
