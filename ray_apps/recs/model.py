@@ -25,7 +25,7 @@ estimator for serving, with the cold-start fallbacks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -354,6 +354,12 @@ def recommend_top_n(model: _ItemScorer, X, n: int = 10, users: Sequence[int] | N
     Returns:
         int array (len(users), n) of item indices, best first.
     """
+    return _blocked_top_n(model.scores, X, n, users, exclude_seen, exclude)
+
+
+def _blocked_top_n(scores_of: Callable[[sp.csr_matrix], np.ndarray], X, n: int, users: Sequence[int] | None,
+                   exclude_seen: bool, exclude) -> np.ndarray:
+    """:func:`top_n` of ``scores_of(rows of X)`` per block of users, seen and excluded items at -inf."""
     X = _as_csr(X)
     E = _excluded(exclude, *X.shape)
     rows = np.arange(X.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
@@ -361,7 +367,7 @@ def recommend_top_n(model: _ItemScorer, X, n: int = 10, users: Sequence[int] | N
     for start in range(0, len(rows), _BLOCK):
         block = rows[start:start + _BLOCK]
         Xb = X[block]
-        scores = model.scores(Xb)
+        scores = scores_of(Xb)
         if exclude_seen:
             r, c = Xb.nonzero()
             scores[r, c] = -np.inf
@@ -551,23 +557,11 @@ def category_fallback_top_n(X, item_category: np.ndarray, n_categories: int, pop
     Returns:
         int array (len(users), n) of item indices, best first, ``-1`` where none is left.
     """
-    X = _as_csr(X)
-    E = _excluded(exclude, *X.shape)
-    rows = np.arange(X.shape[0]) if users is None else np.asarray(users, dtype=np.int64)
     popularity = np.asarray(popularity, dtype=np.float64)
-    out = np.empty((len(rows), n), dtype=np.int64)
-    for start in range(0, len(rows), _BLOCK):
-        block = rows[start:start + _BLOCK]
-        Xb = X[block]
-        keys = category_popularity_scores(history_category_shares(Xb, item_category, n_categories),
-                                          item_category, popularity)
-        r, c = Xb.nonzero()
-        keys[r, c] = -np.inf
-        if E is not None:
-            r, c = E[block].nonzero()
-            keys[r, c] = -np.inf
-        out[start:start + len(block)] = top_n(keys, n)
-    return out
+    return _blocked_top_n(
+        lambda Xb: category_popularity_scores(history_category_shares(Xb, item_category, n_categories),
+                                              item_category, popularity),
+        X, n, users, True, exclude)
 
 
 class Recommendations(NamedTuple):
