@@ -36,8 +36,8 @@ def generate(root: Path = PROTO_ROOT) -> list[Path]:
     Raises:
         RuntimeError: protoc reported an error (its message is included).
     """
-    from grpc_tools import protoc  # build-time dependency only
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency only
 
     protos = proto_files(root)
     if not protos:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from cluster.errors import InvalidArgument
-from cluster.feature_io import load_latest
-from cluster.storage import Lake
+from cluster.core.errors import InvalidArgument
+from cluster.core.feature_io import load_latest
+from cluster.core.storage import Lake
 from ray_apps.segments.service import NO_PURCHASES_NAME
 
 __all__ = ["AUDIENCE_COLUMNS", "select_audience"]
@@ -62,7 +62,7 @@ def select_audience(lake: Lake, *, levels: Sequence[str] = (), segments: Sequenc
         raise InvalidArgument("min_frequency must be >= 0", field="min_frequency")
     table, meta = load_latest(lake, "rfm")
     if "consumption_level" not in table.columns:
-        from cluster.errors import FailedPrecondition
+        from cluster.core.errors import FailedPrecondition
 
         raise FailedPrecondition("the RFM table predates consumption levels: run `pmkt features rfm` again")
     keep = pd.Series(True, index=table.index)

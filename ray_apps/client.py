@@ -26,7 +26,7 @@ import grpc
 import httpx
 from google.protobuf.json_format import ParseDict
 
-from cluster.errors import (
+from cluster.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -34,7 +34,7 @@ from cluster.errors import (
     Unauthenticated,
     Unavailable,
 )
-from cluster.settings import Settings
+from cluster.core.settings import Settings
 from protos.marketing.v1 import (
     budget_pb2,
     budget_pb2_grpc,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from cluster.errors import FailedPrecondition, NotFound, PlatformError
+from cluster.core.errors import FailedPrecondition, NotFound, PlatformError
 from ray_apps.registry import ModelRegistry, ModelVersion
 
 __all__ = ["CurrentModel"]

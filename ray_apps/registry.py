@@ -25,8 +25,8 @@ from typing import Any
 
 import joblib
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
-from cluster.storage import Lake, Zone
+from cluster.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from cluster.core.storage import Lake, Zone
 
 __all__ = ["ModelRegistry", "ModelVersion", "code_version"]
 

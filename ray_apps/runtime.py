@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from cluster.errors import Unavailable
-from cluster.settings import Settings
+from cluster.core.errors import Unavailable
+from cluster.core.settings import Settings
 
 __all__ = ["ensure_ray", "shutdown_ray"]
 

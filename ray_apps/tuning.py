@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import FailedPrecondition, InvalidArgument, describe
-from cluster.settings import Settings
+from cluster.core.errors import FailedPrecondition, InvalidArgument, describe
+from cluster.core.settings import Settings
 
-__all__ = ["Dataset", "Fitted", "TuneSpec", "TuneOutcome", "SCHEDULERS", "grid_configs", "run_trial", "run_tune"]
+__all__ = ["FAMILIES", "Family", "Dataset", "Fitted", "TuneSpec", "TuneOutcome", "SCHEDULERS", "grid_configs", "run_trial", "run_tune"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -296,7 +296,7 @@ def run_tune(
         return outcome
     step(f"refitting the best {spec.name} configuration", 0.75)
     fitted = spec.fit(dict(best["config"]), data.data, rows)
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.registry import ModelRegistry
 
     tuning = {
@@ -324,15 +324,26 @@ def run_tune(
     return outcome
 
 
-#: Model families ``pmkt tune`` knows: name -> "module:attribute" of its TuneSpec (imported on use,
-#: so ``pmkt tune ctr`` does not import the recommender).
-FAMILIES: dict[str, str] = {
-    "segments": "ray_apps.segments.tune:SPEC",
-    "ctr": "ray_apps.ctr.train:SPEC",
-    "recs": "ray_apps.recs.train:SPEC",
-    "churn": "ray_apps.churn.train:SPEC",
-    "attributes": "ray_apps.attributes.train:SPEC",
-    "demand": "ray_apps.pricing.train:SPEC",
+@dataclass(frozen=True)
+class Family:
+    """A model family ``pmkt tune`` knows: where its TuneSpec is and one line for ``--help``."""
+
+    spec: str  #: "module:attribute" of its TuneSpec (imported on use, so ``pmkt tune ctr`` does not import the recommender)
+    summary: str
+
+
+#: Model families ``pmkt tune`` knows, in the order ``--help`` lists them. The CLI reads its choices
+#: and help from here; a new family is one entry (see docs/architecture.md).
+FAMILIES: dict[str, Family] = {
+    "segments": Family("ray_apps.segments.train:SPEC",
+                       "K-means on log RFM + CLV; k by silhouette (grid over segments.k_min..k_max)"),
+    "ctr": Family("ray_apps.ctr.train:SPEC", "logistic regression on the CTR table; L2 strength and class weights"),
+    "recs": Family("ray_apps.recs.train:SPEC", "item-kNN (cosine) and EASE on the interaction matrix; NDCG@10"),
+    "churn": Family("ray_apps.churn.train:SPEC", "Cox PH (penalizer) and Weibull AFT on the churn table; concordance"),
+    "attributes": Family("ray_apps.attributes.train:SPEC",
+                         "classifier of a static attribute (gender) from behaviour; held-out log loss"),
+    "demand": Family("ray_apps.pricing.train:SPEC",
+                     "Poisson demand per category x weekday x hour with price response; held-out deviance"),
 }
 
 
@@ -346,5 +357,5 @@ def get_spec(name: str) -> TuneSpec:
 
     if name not in FAMILIES:
         raise InvalidArgument(f"model must be one of {', '.join(FAMILIES)}, got {name!r}", field="model")
-    module, attr = FAMILIES[name].split(":")
+    module, attr = FAMILIES[name].spec.split(":")
     return getattr(importlib.import_module(module), attr)

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from cluster.errors import InvalidArgument
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
+from cluster.core.errors import InvalidArgument
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
 from spark_jobs.common import read_raw, require_raw
 from spark_jobs.rfm import new_run_id
 

@@ -33,10 +33,10 @@ from types import MappingProxyType
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from cluster.errors import FailedPrecondition, InvalidArgument, PlatformError
-from cluster.privacy import ID_NUMBER_COLUMN, PHONE_COLUMN
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
+from cluster.core.errors import FailedPrecondition, InvalidArgument, PlatformError
+from cluster.core.privacy import ID_NUMBER_COLUMN, PHONE_COLUMN
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
 from spark_jobs.common import exclude_forgotten
 from spark_jobs.ingest import new_run_id
 from spark_jobs.rfm import default_as_of, rfm
@@ -86,7 +86,7 @@ def _publishable(df: DataFrame) -> DataFrame:
     df = df.drop(*_PERSONAL)
     if "age" not in df.columns:
         return df
-    from cluster.privacy import AGE_BANDS
+    from cluster.core.privacy import AGE_BANDS
 
     band = None
     for lowest, name in reversed(AGE_BANDS):

@@ -21,9 +21,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake, open_profile_store
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake, open_profile_store
 from spark_jobs.common import exclude_forgotten
 from spark_jobs.rfm import default_as_of, new_run_id
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from cluster.errors import FailedPrecondition
-from cluster.storage import Lake, Zone
-from cluster.storage.tombstones import Tombstones
+from cluster.core.errors import FailedPrecondition
+from cluster.core.storage import Lake, Zone
+from cluster.core.storage.tombstones import Tombstones
 
 __all__ = ["exclude_forgotten", "forgotten_users", "read_events", "read_raw", "require_raw", "RT_EVENTS_DIR"]
 
@@ -47,7 +47,7 @@ def read_events(spark: SparkSession, lake: Lake) -> DataFrame | None:
     (``raw/events_rt``), one row per event id, forgotten users excluded; None if there are none."""
     from pyspark.sql import functions as F
 
-    from cluster.storage import Zone
+    from cluster.core.storage import Zone
 
     frames = []
     if lake.exists(Zone.RAW, "events"):

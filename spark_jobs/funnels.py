@@ -42,10 +42,10 @@ from typing import Any
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from cluster.contract import ACTIONS
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
+from cluster.core.contract import ACTIONS
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
 from spark_jobs.campaigns import UNKNOWN
 from spark_jobs.common import RT_EVENTS_DIR, read_events, read_raw
 from spark_jobs.rfm import new_run_id

@@ -5,9 +5,9 @@ Every input line ends in exactly one of three places, and the report reconciles 
     rows_read == accepted + sum(quarantined.values()) + duplicates_dropped
 
 * accepted rows go to ``raw/<dataset>/dt=YYYY-MM-DD/`` (typed Parquet; phones masked, ID numbers
-  encrypted, see :mod:`cluster.privacy`);
+  encrypted, see :mod:`cluster.core.privacy`);
 * rejected rows go to ``quarantine/<dataset>/run=<run_id>/`` with a reason code from
-  :data:`cluster.contract.REASONS` (the record text masked too);
+  :data:`cluster.core.contract.REASONS` (the record text masked too);
 * exact duplicate lines are dropped and counted.
 
 The transforms (:func:`parse_lines`, :func:`classify`, :func:`resolve_duplicates`,
@@ -37,12 +37,12 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from cluster.contract import (
+from cluster.core.contract import (
     ACTIONS,
     CONTROL_CHARS_JAVA,
     DATASETS,
-    MAX_USER_ID_LENGTH,
     GENDERS,
+    MAX_USER_ID_LENGTH,
     ORDER_STATUSES,
     REASONS,
     TS_EPOCH_MS,
@@ -50,10 +50,10 @@ from cluster.contract import (
     TS_LOCAL,
     Dataset,
 )
-from cluster.errors import DataContractError, InvalidArgument, PlatformError
-from cluster.privacy import HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN, PHONE_COLUMN, KeyRing, load_keyring
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
+from cluster.core.errors import DataContractError, InvalidArgument, PlatformError
+from cluster.core.privacy import HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN, PHONE_COLUMN, KeyRing, load_keyring
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
 
 __all__ = [
     "parse_timestamp",
@@ -91,7 +91,7 @@ _REASON_ORDER = {r.code: i for i, r in enumerate(REASONS)}
 def _code(code: str) -> str:
     # Fails at import time if the contract renames a code this module relies on.
     if code not in _REASON_ORDER:
-        raise KeyError(f"reason code {code!r} is not in cluster.contract.REASONS")
+        raise KeyError(f"reason code {code!r} is not in cluster.core.contract.REASONS")
     return code
 
 
@@ -127,7 +127,7 @@ _ID_RUN_PY = re.compile(r"(?<![0-9])[0-9]{14,17}[0-9Xx](?![0-9])")
 _PHONE_RUN_PY = re.compile(r"(?<![0-9])((?:86)?1[0-9]{2})[0-9]{4}([0-9]{4})(?![0-9])")
 _ID_MASK = "*" * 18
 
-# --- column kinds per dataset (contract vocabulary is in cluster.contract; types live here) ----
+# --- column kinds per dataset (contract vocabulary is in cluster.core.contract; types live here) ----
 
 _KINDS: dict[str, dict[str, str]] = {
     "users": {
@@ -171,7 +171,7 @@ def raw_columns(ds: Dataset) -> tuple[str, ...]:
 
 
 def needs_keys(ds: Dataset) -> bool:
-    """Whether ingesting ``ds`` encrypts a field (and so needs a :class:`~cluster.privacy.KeyRing`)."""
+    """Whether ingesting ``ds`` encrypts a field (and so needs a :class:`~cluster.core.privacy.KeyRing`)."""
     return "id_number" in _kinds(ds).values()
 
 
@@ -219,7 +219,7 @@ def redact_text(text: str) -> str:
 
 
 def _mask_phone(s: Column) -> Column:
-    # cluster.privacy.mask_phone as a column expression (only applied to valid numbers).
+    # cluster.core.privacy.mask_phone as a column expression (only applied to valid numbers).
     return F.concat(F.substring(s, 1, 3), F.lit("****"), F.substring(s, 8, 4))
 
 
@@ -423,7 +423,7 @@ def _column_rules(
 def classify(parsed: DataFrame, ds: Dataset, source_tz: str, keyring: KeyRing | None = None) -> DataFrame:
     """Type every field and find each row's first failing check.
 
-    Checks run in the order of :data:`cluster.contract.REASONS` (malformed_record first), and in
+    Checks run in the order of :data:`cluster.core.contract.REASONS` (malformed_record first), and in
     contract column order within one reason; the first failure is the row's reason. Malformed
     optional fields (gender, birth_date, phone, id_number, consent flags) are emptied and flagged
     instead. Duplicates are judged later by :func:`resolve_duplicates`.

@@ -24,11 +24,11 @@ from datetime import date, datetime, timezone
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from cluster.errors import FailedPrecondition
-from cluster.feature_io import CTR_USER_CELLS
-from cluster.privacy import age_band_column
-from cluster.settings import Settings
-from cluster.storage import Lake, Zone, open_lake, open_profile_store
+from cluster.core.errors import FailedPrecondition
+from cluster.core.feature_io import CTR_USER_CELLS
+from cluster.core.privacy import age_band_column
+from cluster.core.settings import Settings
+from cluster.core.storage import Lake, Zone, open_lake, open_profile_store
 from spark_jobs.common import exclude_forgotten
 from spark_jobs.rfm import new_run_id
 

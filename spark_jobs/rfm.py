@@ -14,9 +14,9 @@ from datetime import date, datetime, timedelta, timezone
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from cluster.errors import FailedPrecondition
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake, open_profile_store
+from cluster.core.errors import FailedPrecondition
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake, open_profile_store
 from spark_jobs.common import exclude_forgotten
 
 __all__ = ["rfm", "consumption_level", "default_as_of", "main", "RFM_COLUMNS", "new_run_id", "DAYS_PER_MONTH"]

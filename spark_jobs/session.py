@@ -7,7 +7,7 @@ import os
 
 from pyspark.sql import SparkSession
 
-from cluster.settings import Settings
+from cluster.core.settings import Settings
 
 __all__ = ["get_spark", "stop_spark"]
 

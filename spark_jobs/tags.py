@@ -67,13 +67,13 @@ from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from cluster.errors import FailedPrecondition
-from cluster.feature_io import (  # re-exported (Spark-free)
+from cluster.core.errors import FailedPrecondition
+from cluster.core.feature_io import (  # re-exported (Spark-free)
     Interactions,
     load_interactions,
 )
-from cluster.settings import Settings
-from cluster.storage import Lake, Zone, open_lake, open_profile_store
+from cluster.core.settings import Settings
+from cluster.core.storage import Lake, Zone, open_lake, open_profile_store
 from spark_jobs.common import exclude_forgotten, read_events
 from spark_jobs.rfm import default_as_of, new_run_id
 

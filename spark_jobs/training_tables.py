@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.feature_io import (  # re-exported: the Spark-free half of this module's API
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.feature_io import (  # re-exported: the Spark-free half of this module's API
     AGE_EDGES,
     CHURN_COVARIATES,
     CTR_USER_INPUTS,
@@ -44,8 +44,8 @@ from cluster.feature_io import (  # re-exported: the Spark-free half of this mod
     hash_bucket,
     load_ctr_matrix,
 )
-from cluster.settings import Settings
-from cluster.storage import Lake, Zone, open_lake
+from cluster.core.settings import Settings
+from cluster.core.storage import Lake, Zone, open_lake
 from spark_jobs.common import read_events, read_raw, require_raw
 from spark_jobs.rfm import new_run_id
 
@@ -288,7 +288,7 @@ def ctr_user_inputs(
 
     The CTR table joins these to every impression (as of the impression's day); the profile
     store keeps them as of the table's cut-off (``features/ctr_users``, cells
-    :data:`cluster.feature_io.CTR_USER_CELLS`), where the serving side reads them back. One
+    :data:`cluster.core.feature_io.CTR_USER_CELLS`), where the serving side reads them back. One
     computation for both, so a served request is featurised exactly like a training row.
 
     Args:
@@ -300,7 +300,7 @@ def ctr_user_inputs(
         lookback_days: See :func:`behaviour_as_of`.
 
     Returns:
-        ``user_id``, ``as_of_day`` and :data:`cluster.feature_io.CTR_USER_INPUTS`.
+        ``user_id``, ``as_of_day`` and :data:`cluster.core.feature_io.CTR_USER_INPUTS`.
     """
     behaviour = behaviour_as_of(keys, orders, events, lookback_days)
     people = users.select("user_id", "gender", "birth_date", "city")

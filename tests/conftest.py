@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.settings import Settings, load_settings
+from cluster.core.settings import Settings, load_settings
 from tests.ports import free_port
 
 

@@ -17,7 +17,7 @@ Hits name where and what, with the secret masked, so a failing test does not pri
     assert hits == []
 
 Used by the unit tests on the local lake, and meant for the cluster tests: :meth:`PiiScanner.scan_lake`
-walks any :class:`cluster.storage.Lake` (HDFS through WebHDFS), :meth:`PiiScanner.scan_rows` takes HBase
+walks any :class:`cluster.core.storage.Lake` (HDFS through WebHDFS), :meth:`PiiScanner.scan_rows` takes HBase
 rows (``{column: value}`` bytes mappings).
 """
 
@@ -139,7 +139,7 @@ class PiiScanner:
         return [hit for path in sorted(root.rglob("*")) if path.is_file() for hit in self.scan_file(path)]
 
     def scan_lake(self, lake, start: str = "") -> list[Hit]:
-        """Search every file of a :class:`cluster.storage.Lake` (any back-end), recursively.
+        """Search every file of a :class:`cluster.core.storage.Lake` (any back-end), recursively.
 
         A name whose listing is empty is read as a file; one that cannot be read (an empty
         folder, a failing DataNode) is reported as an ``unreadable`` hit, never skipped quietly.

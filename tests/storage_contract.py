@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from cluster.errors import NotFound
-from cluster.storage import Zone, decode_counter
+from cluster.core.errors import NotFound
+from cluster.core.storage import Zone, decode_counter
 
 
 def store_write_read_and_filter(store, prefix: str) -> None:

@@ -1,7 +1,7 @@
 """Predicted static attributes (gender first): the classifier, its Tune entry point and the profile writer.
 
 ``ray_apps.attributes.train.SPEC`` is what ``pmkt tune attributes`` runs; the registered object is an
-:class:`AttributeModel`. :func:`ray_apps.attributes.predict.predict_and_store` scores the users without
+:class:`AttributeModel`. :func:`ray_apps.attributes.service.predict_and_store` scores the users without
 a declared value and stores the predictions in the profile store (never over a declared value).
 """
 

@@ -5,7 +5,7 @@
 regression on standardised features. Why logistic regression:
 
 * **The signal is log-linear.** Category preferences are Dirichlet draws whose weights the
-  attribute tilts (``cluster/datagen.py``, ``Category.male_tilt``). The Dirichlet log-density is
+  attribute tilts (``cluster/datagen/__init__.py``, ``Category.male_tilt``). The Dirichlet log-density is
   ``sum_k (alpha_k - 1) log x_k``, so the log-odds of one value against another is *linear in the
   log shares* ``log x_k``: the ``log_share`` transform below makes the logistic model the right
   shape, and nothing is left for trees to find in interactions (docs/models-attributes.md
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.core.errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["SHARE_TRANSFORMS", "AttributeModel", "reliability_table", "score"]
 
@@ -205,7 +205,7 @@ def score(model: AttributeModel, frame: pd.DataFrame, *, bins: int = 10, min_pro
         frame: Rows with ``model.label_col`` set (others are ignored).
         bins: Bins of the reliability table and the expected calibration error.
         min_probability: The abstention threshold: ``coverage`` and ``stored_accuracy`` describe the
-            rows whose top probability reaches it (the ones :mod:`ray_apps.attributes.predict` stores).
+            rows whose top probability reaches it (the ones :mod:`ray_apps.attributes.service` stores).
         majority: The value the majority baseline always predicts (default: the most frequent in
             ``frame``; pass the training one for an honest baseline).
         prior: Class frequencies (``model.classes_`` order) the constant baseline's log loss uses.

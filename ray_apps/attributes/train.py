@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FailedPrecondition
-from cluster.feature_io import hash_bucket, load_latest
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
+from cluster.core.errors import FailedPrecondition
+from cluster.core.feature_io import hash_bucket, load_latest
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
 from ray_apps.attributes.model import SHARE_TRANSFORMS, AttributeModel, score
 from ray_apps.tuning import Dataset, Fitted, TuneSpec
 

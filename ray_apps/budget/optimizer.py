@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pulp
 
-from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.core.errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["OBJECTIVES", "Allocation", "Channel", "ConstraintReport", "optimize_budget"]
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.storage import ProfileStore
-from cluster.storage.keys import decode_counter
-from cluster.storage.profile_store import INTERNAL_ROW_PREFIX
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.storage import ProfileStore
+from cluster.core.storage.keys import decode_counter
+from cluster.core.storage.profile_store import INTERNAL_ROW_PREFIX
 
 __all__ = ["ArmState", "ChannelBandit", "Choice", "NO_SEGMENT", "SCOPE_PREFIX", "segment_row"]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from cluster.errors import InvalidArgument, NotFound
-from cluster.storage import ProfileStore, decode_flag
+from cluster.core.contract import validate_user_id
+from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.storage import ProfileStore, decode_flag
 from protos.marketing.v1 import channel_pb2
 from ray_apps.channels.bandit import NO_SEGMENT, ChannelBandit
 from ray_apps.segments.service import (
@@ -20,7 +21,6 @@ from ray_apps.segments.service import (
     NO_PURCHASES_NAME,
     RFM_CELLS,
     CurrentSegmentModel,
-    validate_user_id,
 )
 
 __all__ = ["ChannelChooser", "consent_cells", "consent_of"]

@@ -1,8 +1,8 @@
 """Churn survival models: Cox proportional hazards or a Weibull AFT model, fitted with lifelines.
 
 :class:`ChurnModel` is a scikit-learn style estimator over the churn table
-(:func:`spark_jobs.training_tables.churn_table`, read with :func:`cluster.feature_io.load_churn_frame`).
-It turns raw table rows into covariates itself (:func:`cluster.feature_io.churn_design`, plus an
+(:func:`spark_jobs.training_tables.churn_table`, read with :func:`cluster.core.feature_io.load_churn_frame`).
+It turns raw table rows into covariates itself (:func:`cluster.core.feature_io.churn_design`, plus an
 optional hinge basis of the basket value), so a serving replica passes the columns the table has.
 
 **Time scale.** A churner's ``duration_days`` is the day the churn becomes *observable*: the last
@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.feature_io import AGE_EDGES, MISSING, churn_design
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.feature_io import AGE_EDGES, MISSING, churn_design
 
 __all__ = ["INPUT_COLUMNS", "KINDS", "ChurnModel"]
 

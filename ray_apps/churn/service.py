@@ -15,13 +15,13 @@ import math
 
 import pandas as pd
 
-from cluster.errors import InvalidArgument, NotFound
-from cluster.feature_io import load_churn_frame, load_run
-from cluster.storage import Lake
+from cluster.core.contract import validate_user_id
+from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.feature_io import load_churn_frame, load_run
+from cluster.core.storage import Lake
 from protos.marketing.v1 import churn_pb2
 from ray_apps.churn.model import ChurnModel
 from ray_apps.registry import ModelVersion
-from ray_apps.segments.service import validate_user_id
 
 __all__ = ["ChurnScorer", "MODEL_NAME", "DEFAULT_STEP_DAYS", "MAX_STEP_DAYS"]
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FailedPrecondition
-from cluster.feature_io import hash_bucket, load_churn_frame
-from cluster.settings import Settings
-from cluster.storage import open_lake
+from cluster.core.errors import FailedPrecondition
+from cluster.core.feature_io import hash_bucket, load_churn_frame
+from cluster.core.settings import Settings
+from cluster.core.storage import open_lake
 from ray_apps.churn.model import INPUT_COLUMNS, KINDS, ChurnModel
 from ray_apps.tuning import Dataset, Fitted, TuneSpec
 

@@ -1,7 +1,7 @@
 """Click-through-rate model: L2 logistic regression on the CTR table's sparse feature vectors.
 
 The model reads what :func:`spark_jobs.training_tables.ctr_vectors` wrote and scores what a
-serving request carries, with the same encoder (:func:`cluster.feature_io.encode_ctr`) and the
+serving request carries, with the same encoder (:func:`cluster.core.feature_io.encode_ctr`) and the
 feature spec stored with the table, so training and serving vectors cannot drift apart.
 
 **Per-group regularisation.** The vector mixes a few dense, well-estimated features (channel,
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.feature_io import encode_ctr, feature_names
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.feature_io import encode_ctr, feature_names
 
 __all__ = ["FEATURE_GROUPS", "CtrModel", "calibration_curve", "column_groups"]
 
@@ -268,7 +268,7 @@ class CtrModel:
         return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
 
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> Any:
-        """Featurise raw records with :func:`cluster.feature_io.encode_ctr` and the stored spec (CSR)."""
+        """Featurise raw records with :func:`cluster.core.feature_io.encode_ctr` and the stored spec (CSR)."""
         import scipy.sparse as sp
 
         self._check_fitted()

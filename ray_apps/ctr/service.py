@@ -3,7 +3,7 @@
 The model was trained on impressions joined with each user's inputs *as of the impression day*
 (:func:`spark_jobs.training_tables.ctr_user_inputs`). The same function writes every user's
 inputs as of the training tables' cut-off into the profile (``f:ctr_*`` cells, through
-``features/ctr_users``), and :func:`cluster.feature_io.ctr_user_features` reads them back here,
+``features/ctr_users``), and :func:`cluster.core.feature_io.ctr_user_features` reads them back here,
 so a served request is featurised by the code and with the values that built the training rows.
 Recency moves on with the calendar; the other inputs are those of the cut-off day until the next
 build (docs/models-ctr.md).
@@ -21,14 +21,13 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
-from cluster.contract import has_control_chars
-from cluster.errors import InvalidArgument
-from cluster.feature_io import CTR_USER_CELLS, ctr_user_features
-from cluster.storage import ProfileStore
+from cluster.core.contract import has_control_chars, validate_user_id
+from cluster.core.errors import InvalidArgument
+from cluster.core.feature_io import CTR_USER_CELLS, ctr_user_features
+from cluster.core.storage import ProfileStore
 from protos.marketing.v1 import ctr_pb2
 from ray_apps.ctr.model import CtrModel
 from ray_apps.registry import ModelVersion
-from ray_apps.segments.service import validate_user_id
 
 __all__ = ["CtrScorer", "USER_CELLS", "MODEL_NAME", "AD_FIELDS", "candidate_dict"]
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import FailedPrecondition, NotFound
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
+from cluster.core.errors import FailedPrecondition, NotFound
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
 from ray_apps.ctr.model import CtrModel, calibration_curve
 from ray_apps.tuning import Dataset, Fitted, TuneSpec
 
@@ -102,7 +102,7 @@ def load_ctr(settings: Settings, smoke_test: bool = False) -> Dataset:
     Raises:
         FailedPrecondition: no CTR table, an empty split, or a split with a single class.
     """
-    from cluster.feature_io import load_ctr_matrix
+    from cluster.core.feature_io import load_ctr_matrix
 
     lake = open_lake(settings)
     if not lake.exists(Zone.FEATURES, "ctr_train", "latest.json"):

@@ -2,7 +2,7 @@
 
 Every function takes plain numbers or arrays and returns a frozen dataclass, so the CLI, the
 ExperimentService and the report share one implementation. Invalid input raises
-:class:`cluster.errors.InvalidArgument` naming the field.
+:class:`cluster.core.errors.InvalidArgument` naming the field.
 
 * :func:`two_proportion_ztest`: conversion rates, pooled-variance z-test, Wald interval.
 * :func:`welch_ttest`: means with unequal variances (revenue per user), Welch-Satterthwaite df.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from cluster.errors import InvalidArgument
+from cluster.core.errors import InvalidArgument
 
 __all__ = [
     "ProportionTest", "MeanTest", "SequentialResult", "CupedResult", "SrmResult",

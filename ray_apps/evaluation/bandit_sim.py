@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.errors import InvalidArgument
+from cluster.core.errors import InvalidArgument
 
 __all__ = ["Arm", "SimResult", "POLICIES", "simulate", "replay"]
 
@@ -67,7 +67,7 @@ class _Thompson(_Policy):
     """The served policy: ChannelBandit over a SQLite profile store in a temporary folder."""
 
     def __init__(self, channels: Sequence[str], seed: int) -> None:
-        from cluster.storage import SqliteProfileStore
+        from cluster.core.storage import SqliteProfileStore
         from ray_apps.channels.bandit import ChannelBandit
 
         self._dir = tempfile.TemporaryDirectory(prefix="pmkt-bandit-sim-")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.core.errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["GroupMetrics", "campaign_metrics", "DIMENSIONS"]
 
@@ -89,8 +89,8 @@ class CampaignDaily:
         self._checked = float("-inf")
 
     def __call__(self, campaign_id: str) -> pd.DataFrame:
-        from cluster.feature_io import load_latest
-        from cluster.storage import Zone
+        from cluster.core.feature_io import load_latest
+        from cluster.core.storage import Zone
 
         now = self._clock()
         if self._table is None or now - self._checked >= self._refresh_s:

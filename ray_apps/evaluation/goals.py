@@ -29,7 +29,7 @@ from datetime import date
 
 import numpy as np
 
-from cluster.errors import InvalidArgument
+from cluster.core.errors import InvalidArgument
 
 __all__ = ["ADDITIVE", "DAILY_FIELDS", "METRICS", "RATIOS", "GoalResult", "goal_gap", "linear_projection"]
 

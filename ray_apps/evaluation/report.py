@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FailedPrecondition, NotFound
-from cluster.settings import Settings
+from cluster.core.errors import FailedPrecondition, NotFound
+from cluster.core.settings import Settings
 from ray_apps.segments.service import NO_PURCHASES_NAME, user_segments_of
 
 __all__ = ["PLOT_IDS", "Section", "build_report", "mean_survival", "plot_count", "render_html", "write_report"]
@@ -157,7 +157,7 @@ def _segments(registry) -> tuple[Section, Any]:
 def _ctr(registry, lake) -> Section:
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from cluster.feature_io import load_ctr_matrix
+    from cluster.core.feature_io import load_ctr_matrix
 
     section = Section("Click-through rate model", "Logistic regression; metrics on the time-ordered test split.")
     model, version = registry.load("ctr")
@@ -211,7 +211,7 @@ UserSegments = Callable[..., pd.Series]
 
 
 def _churn(registry, lake, user_segments: UserSegments, per_segment: int = 200) -> Section:
-    from cluster.feature_io import load_churn_frame
+    from cluster.core.feature_io import load_churn_frame
 
     section = Section("Churn", "Survival: the probability that a customer is still active, by segment.")
     model, version = registry.load("churn")
@@ -257,7 +257,7 @@ def _recs(registry) -> Section:
 
 
 def _campaigns(settings: Settings, lake, user_segments: UserSegments | None) -> Section:
-    from cluster.feature_io import load_latest
+    from cluster.core.feature_io import load_latest
     from ray_apps.budget import Channel, optimize_budget
     from ray_apps.evaluation.abtest import adjust_pvalues, two_proportion_ztest
     from ray_apps.evaluation.campaigns import campaign_metrics
@@ -384,7 +384,7 @@ def _funnels(settings: Settings, lake, user_segments: UserSegments | None) -> Se
 
 
 def _attributes(registry, lake) -> Section:
-    from cluster.feature_io import load_latest
+    from cluster.core.feature_io import load_latest
 
     model, version = registry.load("attributes")
     m = version.metrics
@@ -419,7 +419,7 @@ def _attributes(registry, lake) -> Section:
 
 
 def _consumption(settings: Settings, lake) -> Section:
-    from cluster.feature_io import load_latest
+    from cluster.core.feature_io import load_latest
 
     table, meta = load_latest(lake, "rfm")
     if "consumption_level" not in table.columns:
@@ -545,7 +545,7 @@ def _pricing(settings: Settings, registry) -> Section:
 
 def build_report(settings: Settings, progress: Progress | None = None) -> list[Section]:
     """Compute every section; a missing input leaves its section with a note, not an error."""
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.registry import ModelRegistry
 
     step = progress or (lambda _s, _f: None)

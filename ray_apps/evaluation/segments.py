@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from cluster.errors import InvalidArgument
+from cluster.core.errors import InvalidArgument
 
 __all__ = ["SegmentTest", "segment_significance"]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import ParseDict, ParseError
 
-from cluster.errors import InvalidArgument, NotFound
+from cluster.core.errors import InvalidArgument, NotFound
 from protos.marketing.v1 import experiment_pb2 as pb
 from ray_apps.evaluation import abtest, goals
 from ray_apps.evaluation.segments import segment_significance
@@ -234,7 +234,7 @@ def _day(value: str, field: str) -> date:
 
 
 def goal_request(campaign_id: str, goal: Any, as_of: str = "") -> pb.GoalGapRequest:
-    """The GoalGap request of a campaign's configured targets (``cluster.settings.CampaignGoal``)."""
+    """The GoalGap request of a campaign's configured targets (``cluster.core.settings.CampaignGoal``)."""
     return pb.GoalGapRequest(
         campaign_id=campaign_id, targets=pb.GoalTargets(**goal.targets()),
         start_date=goal.start_date.isoformat() if goal.start_date else "",

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from cluster.contract import ACTIONS, TS_EPOCH_MS, TS_ISO_OFFSET, TS_LOCAL, has_control_chars
-from cluster.errors import InvalidArgument
-from cluster.storage import Lake, ProfileStore, Zone
+from cluster.core.contract import ACTIONS, TS_EPOCH_MS, TS_ISO_OFFSET, TS_LOCAL, has_control_chars
+from cluster.core.errors import InvalidArgument
+from cluster.core.storage import Lake, ProfileStore, Zone
 
 __all__ = ["EventIntake", "Rejection", "IntakeResult", "parse_event_time", "validate_event", "EVENT_FIELDS",
            "RT_EVENTS_DIR"]

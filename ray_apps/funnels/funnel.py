@@ -21,8 +21,8 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.storage import Lake, Zone
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.storage import Lake, Zone
 
 __all__ = [
     "GROUP_BY",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from cluster.storage import Lake, Zone
+from cluster.core.storage import Lake, Zone
 from ray_apps.funnels.funnel import FunnelTable, load_funnel_table
 
 __all__ = ["LatestFunnels"]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from cluster.errors import InvalidArgument
+from cluster.core.errors import InvalidArgument
 from protos.marketing.v1 import funnel_pb2 as pb
 from ray_apps.funnels.funnel import (
     GROUP_BY,

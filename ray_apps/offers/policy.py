@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cluster.settings import CampaignSettings, OfferSettings
+from cluster.core.settings import CampaignSettings, OfferSettings
 from ray_apps.segments.service import NO_PURCHASES_NAME
 
 __all__ = ["OfferDecision", "ScoreInputs", "decide", "propensity_from_expected"]

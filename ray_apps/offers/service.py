@@ -16,10 +16,10 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError
-from cluster.settings import OfferSettings
-from cluster.storage import ProfileStore, decode_float, decode_str
-from cluster.storage.profile_store import INTERNAL_ROW_PREFIX
+from cluster.core.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError
+from cluster.core.settings import OfferSettings
+from cluster.core.storage import ProfileStore, decode_float, decode_str
+from cluster.core.storage.profile_store import INTERNAL_ROW_PREFIX
 from protos.marketing.v1 import offer_pb2
 from ray_apps.channels.service import ChannelChooser
 from ray_apps.current import CurrentModel

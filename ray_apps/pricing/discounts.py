@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cluster.errors import InvalidArgument
+from cluster.core.errors import InvalidArgument
 
 __all__ = ["DiscountPlan", "SlotPlan", "propose_discounts", "slot_values"]
 

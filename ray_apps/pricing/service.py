@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cluster.errors import InvalidArgument
-from cluster.settings import PricingSettings
+from cluster.core.errors import InvalidArgument
+from cluster.core.settings import PricingSettings
 from protos.marketing.v1 import pricing_pb2 as pb
 from ray_apps.pricing.discounts import propose_discounts
 from ray_apps.registry import ModelVersion

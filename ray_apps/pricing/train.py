@@ -4,10 +4,10 @@ The newest demand table (``spark_jobs.demand``, built by ``pmkt features demand`
 time: the last ``pricing.holdout_days`` days are held out. Each trial fits one configuration
 (ridge strength on the hour, weekday and trend effects x trend on/off x knot spacing) on the earlier days and reports the
 held-out Poisson deviance per cell (the search minimises it) with MAPE and R^2 on the two
-aggregates of :func:`ray_apps.pricing.forecast.holdout_metrics`. The chosen configuration is
+aggregates of :func:`ray_apps.pricing.model.holdout_metrics`. The chosen configuration is
 refitted on every day; the registered metrics keep the held-out figures of the train-only fit and
 the refit's elasticity (and standard error) per category. The registered object is the fitted
-:class:`~ray_apps.pricing.forecast.DemandModel` (``ModelRegistry.load("demand")`` returns it).
+:class:`~ray_apps.pricing.model.DemandModel` (``ModelRegistry.load("demand")`` returns it).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from cluster.errors import FailedPrecondition
-from cluster.feature_io import load_latest
-from cluster.settings import Settings
-from cluster.storage import Zone, open_lake
-from ray_apps.pricing.forecast import (
+from cluster.core.errors import FailedPrecondition
+from cluster.core.feature_io import load_latest
+from cluster.core.settings import Settings
+from cluster.core.storage import Zone, open_lake
+from ray_apps.pricing.model import (
     FIT_COLUMNS,
     DemandModel,
     holdout_metrics,

@@ -32,8 +32,9 @@ import json
 import logging
 from collections.abc import Sequence
 
-from cluster.errors import InvalidArgument, NotFound
-from cluster.storage import ProfileStore, decode_counter, decode_flag, decode_float, decode_str
+from cluster.core.contract import validate_user_id
+from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.storage import ProfileStore, decode_counter, decode_flag, decode_float, decode_str
 from protos.marketing.v1 import profile_pb2
 from ray_apps.attributes.cells import PREDICTABLE, decode_prediction, predicted_cell
 from ray_apps.segments.service import (
@@ -41,7 +42,6 @@ from ray_apps.segments.service import (
     KNOWN_USER_CELLS,
     RFM_CELLS,
     CurrentSegmentModel,
-    validate_user_id,
 )
 
 __all__ = ["ProfileLookup", "PROFILE_FIELDS", "ATTRIBUTE_CELLS", "CONSENT_CELLS", "SCORE_CELLS"]

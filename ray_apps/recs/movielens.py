@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from cluster.errors import FailedPrecondition
+from cluster.core.errors import FailedPrecondition
 from ray_apps.recs.model import stratified_split
 
 __all__ = ["MovieLensSplit", "load_ml100k", "ml100k_path", "split_ml100k"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cluster.errors import InvalidArgument
-from cluster.storage import ProfileStore, decode_ranked, decode_str
+from cluster.core.contract import validate_user_id
+from cluster.core.errors import InvalidArgument
+from cluster.core.storage import ProfileStore, decode_ranked, decode_str
 from protos.marketing.v1 import recommend_pb2
 from ray_apps.recs.model import ALGORITHMS, RecModel
 from ray_apps.registry import ModelVersion
-from ray_apps.segments.service import validate_user_id
 
 __all__ = ["Recommender", "MODEL_NAME", "DEFAULT_N", "MAX_N"]
 

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.feature_io import load_interactions, load_latest
-from cluster.settings import Settings
-from cluster.storage import Lake, Zone, open_lake
+from cluster.core.errors import FailedPrecondition, InvalidArgument
+from cluster.core.feature_io import load_interactions, load_latest
+from cluster.core.settings import Settings
+from cluster.core.storage import Lake, Zone, open_lake
 from ray_apps.recs.model import (
     ALGORITHMS,
     RecModel,

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cluster.contract import ACTIONS, has_control_chars
-from cluster.errors import InvalidArgument, NotFound
-from cluster.storage import ProfileStore, decode_float, decode_str
+from cluster.core.contract import ACTIONS, validate_user_id
+from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.storage import ProfileStore, decode_float, decode_str
 from protos.marketing.v1 import segment_pb2
 from ray_apps.current import CurrentModel
 from ray_apps.registry import ModelRegistry, ModelVersion
@@ -48,21 +48,6 @@ KNOWN_USER_CELLS = ("f:profile_built_at", "t:as_of", *(f"c:{action}" for action 
 NO_PURCHASES_ID = -1
 NO_PURCHASES_NAME = "no_purchases"
 NO_PURCHASES_NAME_ZH = "未购买客户"
-
-
-def validate_user_id(user_id: str, max_length: int, field: str = "user_id") -> str:
-    """Check a user id from a request.
-
-    Raises:
-        InvalidArgument: empty, longer than ``max_length``, or containing control characters.
-    """
-    if not user_id or not user_id.strip():
-        raise InvalidArgument(f"{field} must not be empty", field=field)
-    if len(user_id) > max_length:
-        raise InvalidArgument(f"{field} must be at most {max_length} characters, got {len(user_id)}", field=field)
-    if has_control_chars(user_id):
-        raise InvalidArgument(f"{field} must not contain control characters", field=field)
-    return user_id
 
 
 class SegmentLookup:
@@ -119,7 +104,7 @@ class SegmentLookup:
 
     def inputs(self, user_id: str, cells: dict[str, bytes]) -> list[float]:
         """The model's input row from a buyer's cells: RFM, then CLV (negative predictions as 0,
-        as :func:`ray_apps.segments.tune.load_features` prepares the training rows).
+        as :func:`ray_apps.segments.train.load_features` prepares the training rows).
 
         Raises:
             NotFound: a model input beyond RFM (CLV) is not in the profile yet.
@@ -170,7 +155,7 @@ def user_segments_of(lake, segment_model, known_users: Iterable[str] | None = No
     """
     import pandas as pd
 
-    from cluster.feature_io import load_latest
+    from cluster.core.feature_io import load_latest
 
     features, _ = load_latest(lake, "rfm")
     buyers = set(features["user_id"])

@@ -41,10 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve import Application
 
-from cluster.errors import InvalidArgument, NotFound
-from cluster.settings import Settings, load_settings
-from cluster.storage import open_lake, open_profile_store
-from cluster.storage.tombstones import Tombstones
+from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.settings import Settings, load_settings
+from cluster.core.storage import open_lake, open_profile_store
+from cluster.core.storage.tombstones import Tombstones
 from protos.marketing.v1 import (
     budget_pb2,
     channel_pb2,
@@ -64,12 +64,12 @@ from ray_apps.channels.bandit import ChannelBandit
 from ray_apps.channels.service import ChannelChooser
 from ray_apps.churn.service import ChurnScorer
 from ray_apps.ctr.service import CtrScorer, candidate_dict
+from ray_apps.current import CurrentModel
 from ray_apps.evaluation import service as experiments
 from ray_apps.evaluation.campaigns import CampaignDaily
-from ray_apps.current import CurrentModel
 from ray_apps.events.intake import EVENT_FIELDS, EventIntake, IntakeResult
-from ray_apps.funnels.latest import LatestFunnels
 from ray_apps.funnels import NO_SEGMENT
+from ray_apps.funnels.latest import LatestFunnels
 from ray_apps.funnels.service import get_funnel, http_query_to_request
 from ray_apps.offers.service import OfferEngine
 from ray_apps.pricing.service import PricingAdvisor

@@ -22,7 +22,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from cluster.errors import ConfigError, Unauthenticated
+from cluster.core.errors import ConfigError, Unauthenticated
 
 __all__ = ["ApiKeys", "bearer", "install", "parse_keys", "require_api_key"]
 

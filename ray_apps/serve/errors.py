@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cluster.errors import PlatformError
+from cluster.core.errors import PlatformError
 from ray_apps.serve.metrics import record_request
 
 __all__ = ["grpc_method", "install_http_error_handlers"]

@@ -10,8 +10,8 @@ import ssl
 import sys
 from typing import Any
 
-from cluster.errors import FailedPrecondition
-from cluster.settings import ServeSettings, Settings
+from cluster.core.errors import FailedPrecondition
+from cluster.core.settings import ServeSettings, Settings
 
 __all__ = [
     "APP_NAME", "app_status", "check_ports_free", "delete", "deploy", "explain_bind_failure", "grpc_target",
@@ -146,7 +146,7 @@ def grpc_target(settings: Settings, timeout_s: float = 60.0) -> str:
     """
     import time
 
-    from cluster.errors import Unavailable
+    from cluster.core.errors import Unavailable
 
     sv = settings.serve
     if sv.ingress == "proxy":
@@ -245,7 +245,7 @@ def wait_for_model(settings: Settings, user_id: str, ref: str, timeout_s: float 
     """
     import time
 
-    from cluster.errors import PlatformError, Unavailable
+    from cluster.core.errors import PlatformError, Unavailable
     from ray_apps.client import MarketingClient
 
     timeout_s = timeout_s if timeout_s is not None else settings.serve.model_refresh_s * 3 + 30
@@ -277,7 +277,7 @@ def _wait_for_proxies(settings: Settings, timeout_s: float = 60.0) -> None:
 
     import httpx
 
-    from cluster.errors import Unavailable
+    from cluster.core.errors import Unavailable
 
     sv = settings.serve
     # With TLS the probe speaks HTTPS; it checks the certificate only when the settings name

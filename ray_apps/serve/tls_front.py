@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from cluster.errors import ConfigError
+from cluster.core.errors import ConfigError
 
 __all__ = ["TlsFront", "start_tls_front", "read_pem"]
 
@@ -115,7 +115,7 @@ def start_tls_front(*, certfile: Path, keyfile: Path, port: int, upstream: str, 
         ConfigError: a missing, non-PEM or world-readable key or certificate.
         FailedPrecondition: ``port`` is taken.
     """
-    from cluster.errors import FailedPrecondition
+    from cluster.core.errors import FailedPrecondition
 
     credentials = grpc.ssl_server_credentials(
         [(read_pem(keyfile, "keyfile", private=True), read_pem(certfile, "certfile"))])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def _settings(home: Path):
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
 
     env = {**os.environ, "PMKT_HOME": str(home), "PMKT_SPARK__SHUFFLE_PARTITIONS": "2"}
     env.pop("PMKT_SETTINGS", None)

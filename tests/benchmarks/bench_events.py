@@ -35,7 +35,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def baseline(home: Path, seconds: float, batch: int, users: int) -> float:
     """Events/s of EventIntake.track called in-process on SQLite."""
-    from cluster.storage import LocalLake, SqliteProfileStore
+    from cluster.core.storage import LocalLake, SqliteProfileStore
     from ray_apps.events.intake import EventIntake
 
     intake = EventIntake(SqliteProfileStore(home / "base.sqlite"), LocalLake(home / "base-lake"),
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=200, help="acceptance-to-visible probes")
     args = parser.parse_args()
 
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
     from ray_apps.runtime import shutdown_ray
     from ray_apps.serve.launcher import start_serving
 

@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50_000)
     args = parser.parse_args()
 
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
     from spark_jobs.session import get_spark, stop_spark
 
     with tempfile.TemporaryDirectory(prefix="pmkt-bench-features-") as tmp:

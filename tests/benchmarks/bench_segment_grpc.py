@@ -27,8 +27,8 @@ from tests.ports import free_port
 
 def _prepare(home: Path, users: int) -> list[str]:
     """Profiles with RFM for ``users`` users and one registered segments model."""
-    from cluster.settings import load_settings
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.settings import load_settings
+    from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.registry import ModelRegistry
     from ray_apps.segments.model import RFMSegmenter
 
@@ -54,9 +54,9 @@ def _plain_server(home: str, port: int, ready) -> None:
     """A plain grpcio server doing the same work as the Serve deployment."""
     import grpc
 
-    from cluster.errors import PlatformError
-    from cluster.settings import load_settings
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.errors import PlatformError
+    from cluster.core.settings import load_settings
+    from cluster.core.storage import open_lake, open_profile_store
     from protos.marketing.v1 import segment_pb2_grpc
     from ray_apps.registry import ModelRegistry
     from ray_apps.segments.service import SegmentLookup
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.join(10)
 
         # Ray Serve through its gRPC proxy, same lookup.
-        from cluster.settings import load_settings
+        from cluster.core.settings import load_settings
         from ray_apps.runtime import shutdown_ray
         from ray_apps.serve.launcher import start_serving
 

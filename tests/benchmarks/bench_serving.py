@@ -53,7 +53,7 @@ AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55+"]
 
 def _ctr_spec(records: list[dict[str, Any]], buckets: int = 2**14) -> dict[str, Any]:
     """The feature spec spark_jobs.training_tables.fit_ctr_spec would learn from ``records``."""
-    from cluster.feature_io import MISSING, OTHER
+    from cluster.core.feature_io import MISSING, OTHER
     from spark_jobs.training_tables import CTR_HASHED, CTR_NUMERIC, CTR_ONEHOT
 
     numeric, names = [], []
@@ -81,9 +81,9 @@ def _prepare(home: Path, users: int) -> list[str]:
 
     import scipy.sparse as sp
 
-    from cluster.feature_io import encode_ctr
-    from cluster.settings import load_settings
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.feature_io import encode_ctr
+    from cluster.core.settings import load_settings
+    from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.ctr.model import CtrModel
     from ray_apps.registry import ModelRegistry
     from ray_apps.segments.model import RFMSegmenter
@@ -146,9 +146,9 @@ def _plain_server(home: str, port: int, ready) -> None:
     """A plain grpcio server doing the same work as the Serve deployment's two methods."""
     import grpc
 
-    from cluster.errors import PlatformError
-    from cluster.settings import load_settings
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.errors import PlatformError
+    from cluster.core.settings import load_settings
+    from cluster.core.storage import open_lake, open_profile_store
     from protos.marketing.v1 import ctr_pb2_grpc, profile_pb2_grpc
     from ray_apps.ctr.service import CtrScorer, candidate_dict
     from ray_apps.profiles.service import ProfileLookup
@@ -192,7 +192,7 @@ def _serve_server(home: str, env: dict[str, str], conn) -> None:
     os.environ.update(env)
     from ray import serve
 
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
     from ray_apps.runtime import shutdown_ray
     from ray_apps.serve.launcher import APP_NAME, grpc_target, start_serving
 

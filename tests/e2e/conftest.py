@@ -16,11 +16,11 @@ INACTIVITY_DAYS = 30
 
 @pytest.fixture(scope="session")
 def chain(settings_factory, tmp_path_factory, spark):
+    from cluster.core.settings import CampaignGoal
     from cluster.datagen import generate
-    from cluster.settings import CampaignGoal
-    from ray_apps.attributes.predict import predict_and_store
+    from ray_apps.attributes.service import predict_and_store
     from ray_apps.runtime import shutdown_ray
-    from ray_apps.segments.tune import train_segments
+    from ray_apps.segments.train import train_segments
     from ray_apps.serve.launcher import start_serving
     from ray_apps.tuning import get_spec, run_tune
     from spark_jobs import attributes, campaigns, clv, demand, funnels, ingest, profiles, rfm, tags, training_tables
@@ -86,7 +86,7 @@ def varied_chain(tmp_path_factory):
     import sys
     import time
 
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
     from tests.ports import free_port
 
     env = {**os.environ, "PMKT_HOME": str(tmp_path_factory.mktemp("varied-home")),

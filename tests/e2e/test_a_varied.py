@@ -34,7 +34,7 @@ def test_demo_on_varied_input_runs_end_to_end_and_prints_its_summary(varied_chai
 
 
 def test_varied_ingest_accounts_for_every_row_as_the_truth_says(varied_chain):
-    from cluster.storage import Zone, open_lake
+    from cluster.core.storage import Zone, open_lake
 
     if varied_chain["demo"].returncode != 0:
         pytest.fail("the demo failed; see test_demo_on_varied_input_runs_end_to_end_and_prints_its_summary")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.errors import InvalidArgument, NotFound
+from cluster.core.errors import InvalidArgument, NotFound
 
 pytestmark = pytest.mark.e2e
 
@@ -24,8 +24,8 @@ def client(chain):
 
 
 def test_goal_gap_reads_the_campaign_from_the_lake_alike_on_both_transports(client, chain):
-    from cluster.feature_io import load_latest
-    from cluster.storage import open_lake
+    from cluster.core.feature_io import load_latest
+    from cluster.core.storage import open_lake
 
     body = {"campaign_id": "cmp001", "duration_days": 150, "targets": {"conversions": 40, "ctr": 0.05, "budget": 30}}
     grpc_answer, http_answer = client.goal_gap(body), client.goal_gap_http(body)
@@ -69,7 +69,7 @@ def test_pricing_forecast_and_discounts_agree_on_both_transports(client, chain):
 
 
 def test_funnels_agree_on_both_transports_and_with_the_lake_table(client, chain):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.funnels.funnel import load_funnel_table
 
     table = load_funnel_table(open_lake(chain["settings"])).frame
@@ -89,8 +89,8 @@ def test_funnels_agree_on_both_transports_and_with_the_lake_table(client, chain)
 
 
 def test_profiles_carry_consumption_levels_and_predictions_without_touching_declared_values(client, chain):
-    from cluster.feature_io import load_latest
-    from cluster.storage import open_lake
+    from cluster.core.feature_io import load_latest
+    from cluster.core.storage import open_lake
 
     lake = open_lake(chain["settings"])
     rfm, _ = load_latest(lake, "rfm", ["user_id", "consumption_level", "avg_monthly_spend"])

@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from cluster.errors import PlatformError, Unauthenticated
+from cluster.core.errors import PlatformError, Unauthenticated
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +63,7 @@ def _until(settings, uid: str, *, keyed: bool, timeout_s: float = 120, in_a_row:
 
 
 def _user(chain) -> str:
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
 
     return str(open_lake(chain["settings"]).read_parquet(chain["rfm"]["path"], columns=["user_id"])["user_id"].iloc[0])
 

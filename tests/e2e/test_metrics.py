@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from cluster.errors import NotFound
+from cluster.core.errors import NotFound
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def _settled(endpoints: list[str], quiet_s: float = 12.0, timeout_s: float = 90.
 
 
 def test_api_calls_are_counted_by_method_transport_and_code(chain):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.client import MarketingClient
     from ray_apps.serve.launcher import metrics_endpoints
 

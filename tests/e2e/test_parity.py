@@ -26,8 +26,8 @@ def env(request):
 
 def _ctr_test_rows(settings):
     """The CTR model, its version, the test split's rows (raw columns) and the batch probabilities."""
-    from cluster.feature_io import load_ctr_matrix
-    from cluster.storage import Zone, open_lake
+    from cluster.core.feature_io import load_ctr_matrix
+    from cluster.core.storage import Zone, open_lake
     from ray_apps.registry import ModelRegistry
 
     lake = open_lake(settings)
@@ -54,8 +54,8 @@ def _served(settings, model, version, rows, tmp_path) -> np.ndarray:
     request through the gRPC message and the HTTP body model, CtrScorer on that day."""
     import pandas as pd
 
-    from cluster.feature_io import CTR_USER_CELLS
-    from cluster.storage.profile_store import SqliteProfileStore
+    from cluster.core.feature_io import CTR_USER_CELLS
+    from cluster.core.storage.profile_store import SqliteProfileStore
     from protos.marketing.v1 import ctr_pb2
     from ray_apps.ctr.service import AD_FIELDS, CtrScorer, candidate_dict
     from ray_apps.serve.api import AdCandidateIn
@@ -117,7 +117,7 @@ def test_ctr_placement_is_an_input_of_the_served_score(env, tmp_path):
     assert coefs[high] - coefs[low] > 0.1
     r = rows.iloc[0]
     base = {f: str(_plain(r[f]) or "") for f in ("ad_id", "campaign_id", "channel", "device_type")}
-    from cluster.storage.profile_store import SqliteProfileStore
+    from cluster.core.storage.profile_store import SqliteProfileStore
     from ray_apps.ctr.service import CtrScorer
 
     scorer = CtrScorer(SqliteProfileStore(tmp_path / "p.sqlite"), model, version, max_batch=10,
@@ -132,7 +132,7 @@ def test_ctr_live_api_answers_what_the_serving_code_computes(chain):
     (The varied chain's demo has shut its API down; its requests go through the same code above.)"""
     from datetime import datetime, timezone
 
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.client import MarketingClient
     from ray_apps.ctr.service import CtrScorer
     from ray_apps.registry import ModelRegistry
@@ -160,14 +160,14 @@ def test_ctr_live_api_answers_what_the_serving_code_computes(chain):
 
 
 def test_segment_served_from_the_profile_equals_the_batch_segment_of_the_training_row(env):
-    """Rows the segments model was trained on (RFM + CLV as ray_apps.segments.tune prepares them)
+    """Rows the segments model was trained on (RFM + CLV as ray_apps.segments.train prepares them)
     against GetSegment's serving code on the profile store the chain built: same inputs to 1e-9,
     same segment; and a user the platform knows without a paid order gets no_purchases."""
-    from cluster.feature_io import load_latest
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.feature_io import load_latest
+    from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.registry import ModelRegistry
     from ray_apps.segments.service import NO_PURCHASES_NAME, SegmentLookup
-    from ray_apps.segments.tune import load_features
+    from ray_apps.segments.train import load_features
 
     settings = env["settings"]
     lake = open_lake(settings)

@@ -52,13 +52,13 @@ def _cached(env: dict, key: str, build):
 
 
 def _lake(env):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
 
     return _cached(env, "lake", lambda: open_lake(env["settings"]))
 
 
 def _store(env):
-    from cluster.storage import open_profile_store
+    from cluster.core.storage import open_profile_store
 
     return _cached(env, "store", lambda: open_profile_store(env["settings"]))
 
@@ -126,7 +126,7 @@ def _same_message(a, b) -> list[str]:
 
 def _churn(env):
     """The served churn model, its training table, and the scorer the API builds."""
-    from cluster.feature_io import load_run
+    from cluster.core.feature_io import load_run
     from ray_apps.churn.service import ChurnScorer
 
     def build():
@@ -199,7 +199,7 @@ def test_churn_api_answers_what_the_serving_code_answers(env):
 
 
 def _recs(env):
-    from cluster.feature_io import load_interactions, load_run
+    from cluster.core.feature_io import load_interactions, load_run
     from ray_apps.recs.service import Recommender
 
     def build():
@@ -364,9 +364,9 @@ def test_recommendations_api_answers_what_the_serving_code_answers(env):
 
 
 def _attributes(env):
-    from cluster.feature_io import load_run
-    from cluster.storage import Zone
-    from cluster.storage.tombstones import Tombstones
+    from cluster.core.feature_io import load_run
+    from cluster.core.storage import Zone
+    from cluster.core.storage.tombstones import Tombstones
     from ray_apps.profiles.service import ProfileLookup
 
     def build():
@@ -382,7 +382,7 @@ def _attributes(env):
 
 
 def test_predicted_attribute_served_equals_stored_equals_the_model_on_the_training_row(env):
-    from cluster.errors import NotFound
+    from cluster.core.errors import NotFound
     from protos.marketing.v1 import profile_pb2
     from ray_apps.attributes.cells import decode_prediction, predicted_cell
 
@@ -447,7 +447,7 @@ def test_predicted_attribute_api_answers_what_the_profile_store_holds(env):
 
 
 def _demand(env):
-    from cluster.feature_io import load_run
+    from cluster.core.feature_io import load_run
     from ray_apps.pricing.service import PricingAdvisor
 
     def build():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster._demo_services import ARTICLE_BUDGET, ARTICLE_CHANNELS
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
+from cluster.cli.demo_services import ARTICLE_BUDGET, ARTICLE_CHANNELS
+from cluster.core.errors import FailedPrecondition, InvalidArgument, NotFound
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def client(chain):
 @pytest.fixture(scope="module")
 def users(chain):
     """Users with a segment, with their consent flags (from the raw users the chain ingested)."""
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.channels.service import consent_of
 
     settings = chain["settings"]
@@ -41,7 +41,7 @@ def users(chain):
 
 @pytest.fixture(scope="module")
 def ad(chain):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
 
     lake = open_lake(chain["settings"])
     row = lake.read_parquet(chain["tables"]["ctr"]["path"], "split=test",
@@ -63,8 +63,8 @@ def test_ctr_scores_agree_on_both_transports_and_vary_with_the_user(client, chai
 
 
 def test_recommendations_exclude_seen_and_requested_items(client, chain, users):
-    from cluster.feature_io import load_interactions
-    from cluster.storage import open_lake
+    from cluster.core.feature_io import load_interactions
+    from cluster.core.storage import open_lake
 
     inter = load_interactions(open_lake(chain["settings"]))
     row_of = {u: i for i, u in enumerate(inter.user_ids)}

@@ -45,7 +45,7 @@ def test_segments_recover_planted_archetypes(chain):
     ARI of about 0.9 (docs/synthetic-data.md); merging any two archetypes, or choosing k=2
     as a silhouette search on raw skewed RFM tends to, drops it below 0.6.
     """
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.registry import ModelRegistry
     settings = chain["settings"]
     lake = open_lake(settings)
@@ -65,7 +65,7 @@ def test_segments_recover_planted_archetypes(chain):
 
 
 def test_separate_process_gets_answers_and_errors(chain):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.registry import ModelRegistry
     settings = chain["settings"]
     lake = open_lake(settings)
@@ -102,7 +102,7 @@ def test_separate_process_gets_answers_and_errors(chain):
 
 
 def test_profiles_hold_rfm_for_every_featured_user(chain):
-    from cluster.storage import decode_float, open_lake, open_profile_store
+    from cluster.core.storage import decode_float, open_lake, open_profile_store
 
     settings = chain["settings"]
     features = open_lake(settings).read_parquet(chain["rfm"]["path"])
@@ -118,8 +118,8 @@ def test_profiles_hold_rfm_for_every_featured_user(chain):
 def test_get_profile_on_both_transports_with_field_mask(chain):
     import grpc
 
-    from cluster.errors import InvalidArgument, NotFound
-    from cluster.storage import open_lake
+    from cluster.core.errors import InvalidArgument, NotFound
+    from cluster.core.storage import open_lake
     from protos.marketing.v1 import profile_pb2, profile_pb2_grpc
     from ray_apps.client import MarketingClient
 
@@ -180,7 +180,7 @@ def test_events_update_counters_seen_by_get_profile(chain):
 
 
 def _has_profile(client, uid) -> bool:
-    from cluster.errors import NotFound
+    from cluster.core.errors import NotFound
 
     try:
         client.get_profile(uid, ["counters"])
@@ -195,8 +195,8 @@ def test_no_purchases_segment_for_known_users_and_not_found_for_unknown_ids(chai
     platform never saw stays NOT_FOUND."""
     import httpx
 
-    from cluster.errors import NotFound
-    from cluster.storage import Zone, open_lake
+    from cluster.core.errors import NotFound
+    from cluster.core.storage import Zone, open_lake
     from ray_apps.client import MarketingClient
 
     settings = chain["settings"]

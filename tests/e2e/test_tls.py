@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cluster.errors import NotFound, Unavailable
+from cluster.core.errors import NotFound, Unavailable
 from tests.ports import free_port
 from tests.tls_certs import make_certs
 
@@ -27,7 +27,7 @@ def tls(chain, tmp_path_factory):
 
 
 def _user(chain) -> str:
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
 
     return str(open_lake(chain["settings"]).read_parquet(chain["rfm"]["path"], columns=["user_id"])["user_id"].iloc[0])
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cluster.errors import PlatformError
+from cluster.core.errors import PlatformError
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def _replicas() -> list[str]:
 
 
 def _user(chain) -> str:
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
 
     return str(open_lake(chain["settings"]).read_parquet(chain["rfm"]["path"], columns=["user_id"])["user_id"].iloc[0])
 
@@ -95,7 +95,7 @@ def test_an_event_batch_resent_across_replicas_counts_once(chain):
     import uuid
     from datetime import datetime, timezone
 
-    from cluster.storage import decode_counter, open_profile_store
+    from cluster.core.storage import decode_counter, open_profile_store
     from ray_apps.client import MarketingClient
 
     assert len(_replicas()) >= 2

@@ -224,7 +224,7 @@ def test_rayservice_autoscaling_bounds_and_serve_config(render, value_files, wor
     scaling = config.applications[0].deployments[0].autoscaling_config
     assert (scaling["min_replicas"], scaling["max_replicas"]) == serve
     # Apart from the settings it reads and the replica bounds, the chart deploys what
-    # ray_apps/serve/serve-config.yaml does (which tests/unit/test_serve_config.py checks
+    # ray_apps/serve/serve-config.yaml does (which tests/unit/ray_apps/serve/test_serve_config.py checks
     # against the code).
     repo = yaml.safe_load((ROOT / "ray_apps" / "serve" / "serve-config.yaml").read_text())
     for cfg, args in ((raw, {"settings": "/etc/pmkt/settings.yaml"}), (repo, {"profile": "cluster"})):
@@ -241,7 +241,7 @@ def test_rayservice_autoscaling_bounds_and_serve_config(render, value_files, wor
 
 
 def test_the_settings_configmap_loads_with_the_platform_schema_and_names_rendered_services(rendered, tmp_path):
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
 
     path = tmp_path / "settings.yaml"
     path.write_text(rendered.settings_yaml())
@@ -317,7 +317,7 @@ def test_existing_secrets_are_referenced_not_created(render, tmp_path):
                     refs.add(e["valueFrom"]["secretKeyRef"]["name"])
     assert refs == {"pmkt-api-keys", "pmkt-pii-keys"}
     # With the keys in an existing Secret the API requires them.
-    from cluster.settings import load_settings
+    from cluster.core.settings import load_settings
 
     path = tmp_path / "settings.yaml"
     path.write_text(docs.settings_yaml())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.settings import Settings, load_settings
+from cluster.core.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,8 +54,8 @@ def pipeline(cluster_settings, tmp_path_factory):
     """`pmkt demo` against the cluster as `pmkt cluster up` left it: the platform role created
     the HBase table and deployed the Serve application, which must pick the demo's model up
     from the registry by itself."""
-    from cluster.errors import FailedPrecondition, NotFound
-    from cluster.storage import Zone, open_lake
+    from cluster.core.errors import FailedPrecondition, NotFound
+    from cluster.core.storage import Zone, open_lake
     from ray_apps.client import MarketingClient
     from ray_apps.registry import ModelRegistry
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.storage import HBaseProfileStore, HdfsLake, open_lake, open_profile_store
+from cluster.core.storage import HBaseProfileStore, HdfsLake, open_lake, open_profile_store
 from tests.storage_contract import LAKE_CONTRACT, STORE_CONTRACT
 
 
@@ -34,7 +34,7 @@ def test_hdfs_lake_contract(cluster_settings, run_tag, check):
 
 def test_hbase_row_keys_are_salted(hbase_store, run_tag):
     """Rows land under their salt bucket: a raw scan sees the bucket prefix, not the bare id."""
-    from cluster.storage.keys import row_key
+    from cluster.core.storage.keys import row_key
 
     uid = f"salt-{run_tag}"
     hbase_store.write_batch([(uid, {"f:r": 1})])

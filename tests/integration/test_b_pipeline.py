@@ -15,7 +15,7 @@ def test_the_provisioned_application_waits_for_a_model(pipeline):
 
 
 def test_raw_files_land_in_hdfs_and_reconcile(cluster_settings, pipeline):
-    from cluster.storage import Zone, open_lake
+    from cluster.core.storage import Zone, open_lake
 
     lake = open_lake(cluster_settings)
     run_id = pipeline["report"]["run_id"]
@@ -34,7 +34,7 @@ def test_tune_trials_spread_over_the_ray_nodes(pipeline):
 
 
 def test_serve_answers_from_hbase(cluster_settings, pipeline):
-    from cluster.storage import (
+    from cluster.core.storage import (
         HBaseProfileStore,
         decode_float,
         open_lake,
@@ -57,7 +57,7 @@ def test_serve_answers_from_hbase(cluster_settings, pipeline):
 
 
 def test_every_model_family_is_tuned_and_registered_on_the_cluster(cluster_settings, pipeline):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.registry import ModelRegistry
 
     registry = ModelRegistry(open_lake(cluster_settings))

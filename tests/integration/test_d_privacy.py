@@ -14,7 +14,7 @@ pytestmark = pytest.mark.cluster
 
 
 def test_no_raw_phone_or_id_number_in_hdfs_or_hbase(cluster_settings, pipeline):
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.storage import open_lake, open_profile_store
     from tests.pii_scan import PiiScanner, input_personal_values
 
     users_csv = pipeline["work"] / "var" / "demo-input" / "users.csv"
@@ -33,7 +33,7 @@ def test_no_raw_phone_or_id_number_in_hdfs_or_hbase(cluster_settings, pipeline):
 
 
 def test_profiles_come_from_hbase_through_the_provisioned_application(cluster_settings, pipeline):
-    from cluster.storage import open_lake
+    from cluster.core.storage import open_lake
     from ray_apps.client import MarketingClient
 
     features = open_lake(cluster_settings).read_parquet(pipeline["rfm"]["path"])
@@ -55,8 +55,8 @@ def _pmkt(settings, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_forget_on_the_cluster(cluster_settings, pipeline):
-    from cluster.errors import NotFound
-    from cluster.storage import open_lake, open_profile_store
+    from cluster.core.errors import NotFound
+    from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.client import MarketingClient
     from spark_jobs import rfm
     from spark_jobs.session import stop_spark

@@ -60,7 +60,7 @@ def _expect(settings, lake, users: pd.DataFrame, version: str, timeout_s: float)
 
 
 def test_promote_and_rollback_switch_serving_without_a_restart(cluster_settings, pipeline):
-    from cluster.storage import Zone, open_lake, open_profile_store
+    from cluster.core.storage import Zone, open_lake, open_profile_store
     from ray_apps.registry import ModelRegistry
 
     lake = open_lake(cluster_settings)

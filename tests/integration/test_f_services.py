@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from cluster._demo_services import ARTICLE_BUDGET, ARTICLE_CHANNELS
+from cluster.cli.demo_services import ARTICLE_BUDGET, ARTICLE_CHANNELS
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def served(cluster_settings, pipeline):
-    from cluster.storage import decode_flag, open_lake, open_profile_store
+    from cluster.core.storage import decode_flag, open_lake, open_profile_store
     from ray_apps.client import MarketingClient
     from ray_apps.registry import ModelRegistry
 
@@ -39,7 +39,7 @@ def served(cluster_settings, pipeline):
 
 
 def test_model_services_answer_with_the_current_versions_on_both_transports(served):
-    from cluster._demo_services import _served
+    from cluster.cli.demo_services import _served
 
     c, users = served["client"], served["users"]
     ad = {"ad_id": "ad-1", "channel": "feed", "ad_position": "1"}
@@ -52,7 +52,7 @@ def test_model_services_answer_with_the_current_versions_on_both_transports(serv
     assert [i.item_id for i in r.items] == [i.item_id for i in c.recommend_http(users[0], 5).items]
     assert r.model_version == served["current"]["recs"] and len(r.items) == 5
 
-    from cluster.errors import NotFound
+    from cluster.core.errors import NotFound
 
     answered = 0
     for u in users:
@@ -67,7 +67,7 @@ def test_model_services_answer_with_the_current_versions_on_both_transports(serv
 
 
 def test_offers_budget_and_channels_answer_on_both_transports(served):
-    from cluster.errors import FailedPrecondition
+    from cluster.core.errors import FailedPrecondition
 
     c = served["client"]
     plan = c.optimize_budget_http(ARTICLE_CHANNELS, ARTICLE_BUDGET)

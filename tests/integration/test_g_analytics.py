@@ -24,7 +24,7 @@ def test_the_cluster_report_has_every_plot(pipeline):
 
 
 def test_funnel_counts_from_hdfs_agree_on_both_transports(cluster_settings, pipeline, client):
-    from cluster.storage import Zone, open_lake
+    from cluster.core.storage import Zone, open_lake
 
     g, h = client.get_funnel("default", by="device"), client.get_funnel_http("default", by="device")
     assert g == h and g.overall.users > 0
@@ -38,7 +38,7 @@ def test_funnel_counts_from_hdfs_agree_on_both_transports(cluster_settings, pipe
 
 
 def test_predicted_attributes_and_consumption_levels_reach_hbase_profiles(cluster_settings, pipeline, client):
-    from cluster.storage import Zone, open_lake
+    from cluster.core.storage import Zone, open_lake
 
     lake = open_lake(cluster_settings)
     rfm = lake.read_parquet(lake.read_json(Zone.FEATURES, "rfm", "latest.json")["path"])

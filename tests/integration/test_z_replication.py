@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cluster.core.storage import HdfsLake, open_lake
 from cluster.provision import _jmx
-from cluster.storage import HdfsLake, open_lake
 
 pytestmark = pytest.mark.cluster
 

@@ -1,0 +1,5 @@
+"""``python -m cluster.cli`` runs ``pmkt``."""
+
+from cluster.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Connecting to Ray: the Ray Client path retries a refused connection, then says UNAVAILABLE."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.core.errors import Unavailable
+from cluster.core.settings import load_settings
+from ray_apps import runtime
+
+
+@pytest.fixture
+def client_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMKT_RAY__ADDRESS", "ray://127.0.0.9:10001")
+    monkeypatch.setenv("PMKT_RAY__CONNECT_ATTEMPTS", "3")
+    monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+    return load_settings(profile="embedded")
+
+
+def _fake_init(monkeypatch, failures: int):
+    import ray
+
+    calls = []
+
+    def init(address, **kwargs):
+        calls.append(address)
+        if len(calls) <= failures:
+            raise ConnectionAbortedError("Initialization failure from server:\nRuntimeError: Starting Ray "
+                                         "client server failed. See ray_client_server_23008.err")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    return calls
+
+
+def test_a_refused_client_connection_is_retried(client_settings, monkeypatch):
+    calls = _fake_init(monkeypatch, failures=2)
+    runtime.ensure_ray(client_settings)
+    assert calls == ["ray://127.0.0.9:10001"] * 3
+
+
+def test_a_client_connection_refused_every_time_is_unavailable_with_the_reason(client_settings, monkeypatch):
+    calls = _fake_init(monkeypatch, failures=10)
+    with pytest.raises(Unavailable) as err:
+        runtime.ensure_ray(client_settings)
+    assert len(calls) == 3
+    assert "ray://127.0.0.9:10001" in err.value.message
+    assert "ray_client_server_23008.err" in err.value.message
