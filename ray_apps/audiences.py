@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from cluster.core.catalog import RFM
 from cluster.core.errors import InvalidArgument
 from cluster.core.feature_io import load_latest
 from cluster.core.storage import Lake
@@ -60,7 +61,7 @@ def select_audience(lake: Lake, *, levels: Sequence[str] = (), segments: Sequenc
         raise InvalidArgument("max_recency_days must be >= 0", field="max_recency_days")
     if min_frequency is not None and min_frequency < 0:
         raise InvalidArgument("min_frequency must be >= 0", field="min_frequency")
-    table, meta = load_latest(lake, "rfm")
+    table, meta = load_latest(lake, RFM)
     if "consumption_level" not in table.columns:
         from cluster.core.errors import FailedPrecondition
 

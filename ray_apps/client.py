@@ -62,7 +62,7 @@ from protos.marketing.v1 import (
     segment_pb2_grpc,
 )
 
-__all__ = ["MarketingClient", "open_channel"]
+__all__ = ["MarketingClient", "open_channel", "wait_for_model"]
 
 log = logging.getLogger(__name__)
 
@@ -423,3 +423,28 @@ class MarketingClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait_for_model(settings: Settings, user_id: str, ref: str, timeout_s: float | None = None) -> None:
+    """Wait until the running application answers ``user_id`` with model ``ref``.
+
+    A deployed application re-reads the registry every ``serve.model_refresh_s`` seconds,
+    so a newly trained model reaches it without a redeploy, after at most about that long.
+
+    Raises:
+        Unavailable: it did not within ``timeout_s`` (default: 3 refresh intervals + 30 s).
+    """
+    timeout_s = timeout_s if timeout_s is not None else settings.serve.model_refresh_s * 3 + 30
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    with MarketingClient.from_settings(settings, timeout_s=10) as client:
+        while time.monotonic() < deadline:
+            try:
+                got = client.get_segment(user_id).model_version
+                if got == ref:
+                    return
+                last = f"it answered with {got}"
+            except PlatformError as exc:
+                last = f"{type(exc).__name__}: {exc.message}"
+            time.sleep(1)
+    raise Unavailable(f"the Serve application did not switch to model {ref} within {timeout_s:.0f}s ({last})")

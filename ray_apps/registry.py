@@ -1,4 +1,5 @@
-"""A model registry in the lake: ``registry/<model>/vNNNN/`` plus a ``current.json`` pointer.
+"""A model registry in the lake (:data:`cluster.core.catalog.REGISTRY`): ``<model>/vNNNN/`` plus a
+``current.json`` pointer; the file names are the catalog's ``MODEL_*`` constants.
 
 Each version holds ``model.pkl`` (joblib), ``metrics.json``, ``params.json``, optional
 extras (``tuning.json``: the search that produced it) and ``meta.json`` (created_at, feature
@@ -25,8 +26,16 @@ from typing import Any
 
 import joblib
 
+from cluster.core.catalog import (
+    MODEL_CURRENT,
+    MODEL_FILE,
+    MODEL_META,
+    MODEL_METRICS,
+    MODEL_PARAMS,
+    REGISTRY,
+)
 from cluster.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from cluster.core.storage import Lake, Zone
+from cluster.core.storage import Lake
 
 __all__ = ["ModelRegistry", "ModelVersion", "code_version"]
 
@@ -85,7 +94,7 @@ class ModelRegistry:
     def versions(self, name: str) -> list[str]:
         """Registered versions of a model, oldest first."""
         self._check_name(name)
-        found = [n for n in self.lake.list_dir(Zone.REGISTRY, name) if _VERSION_RE.match(n)]
+        found = [n for n in REGISTRY.list_dir(self.lake, name) if _VERSION_RE.match(n)]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def register(
@@ -117,13 +126,13 @@ class ModelRegistry:
             "feature_run_id": feature_run_id,
             "code_version": code_version(),
         }
-        self.lake.write_bytes(buf.getvalue(), Zone.REGISTRY, name, version, "model.pkl")
-        self.lake.write_json(metrics, Zone.REGISTRY, name, version, "metrics.json")
-        self.lake.write_json(params, Zone.REGISTRY, name, version, "params.json")
+        self.lake.write_bytes(buf.getvalue(), *REGISTRY.parts(name, version, MODEL_FILE))
+        REGISTRY.write_json(self.lake, metrics, name, version, MODEL_METRICS)
+        REGISTRY.write_json(self.lake, params, name, version, MODEL_PARAMS)
         for file, content in (extras or {}).items():
-            self.lake.write_json(content, Zone.REGISTRY, name, version, file)
+            REGISTRY.write_json(self.lake, content, name, version, file)
         # meta.json last: a version folder without it is incomplete and ignored by readers.
-        self.lake.write_json(meta, Zone.REGISTRY, name, version, "meta.json")
+        REGISTRY.write_json(self.lake, meta, name, version, MODEL_META)
         if make_current:
             self._move(name, version, push=True, reason="registered")
         log.info("registered %s/%s", name, version)
@@ -131,7 +140,7 @@ class ModelRegistry:
 
     def _pointer(self, name: str) -> dict[str, Any]:
         try:
-            pointer = self.lake.read_json(Zone.REGISTRY, name, "current.json")
+            pointer = REGISTRY.read_json(self.lake, name, MODEL_CURRENT)
         except NotFound:
             return {"version": None, "stack": [], "log": []}
         # Pointers written before promote/rollback existed hold only "version".
@@ -150,12 +159,12 @@ class ModelRegistry:
         pointer["log"].append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "from": before, "to": version, "reason": reason})
         pointer["log"] = pointer["log"][-200:]
-        self.lake.write_json(pointer, Zone.REGISTRY, name, "current.json")
+        REGISTRY.write_json(self.lake, pointer, name, MODEL_CURRENT)
         return pointer
 
     def models(self) -> list[str]:
         """Names of the models with at least one version."""
-        return sorted(n for n in self.lake.list_dir(Zone.REGISTRY) if _NAME_RE.match(n) and self.versions(n))
+        return sorted(n for n in REGISTRY.list_dir(self.lake) if _NAME_RE.match(n) and self.versions(n))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every change of the current version, oldest first (``at``, ``from``, ``to``, ``reason``)."""
@@ -198,13 +207,13 @@ class ModelRegistry:
         return self.get(name, target)
 
     def extra(self, name: str, version: str, file: str) -> Any:
-        """An extra JSON file of a version (``tuning.json``).
+        """An extra JSON file of a version (``catalog.MODEL_TUNING``).
 
         Raises:
             NotFound: the version has no such file.
         """
         self._check_name(name)
-        return self.lake.read_json(Zone.REGISTRY, name, version, file)
+        return REGISTRY.read_json(self.lake, name, version, file)
 
     def current_version(self, name: str) -> str:
         """The version serving should use.
@@ -224,7 +233,7 @@ class ModelRegistry:
         if not _VERSION_RE.match(version):
             raise InvalidArgument(f"version {version!r} must look like v0001", field="version")
         try:
-            meta = self.lake.read_json(Zone.REGISTRY, name, version, "meta.json")
+            meta = REGISTRY.read_json(self.lake, name, version, MODEL_META)
         except NotFound:
             known = self.versions(name)
             older = f" and {len(known) - 5} older" if len(known) > 5 else ""
@@ -235,8 +244,8 @@ class ModelRegistry:
             name=name,
             version=version,
             created_at=meta["created_at"],
-            metrics=self.lake.read_json(Zone.REGISTRY, name, version, "metrics.json"),
-            params=self.lake.read_json(Zone.REGISTRY, name, version, "params.json"),
+            metrics=REGISTRY.read_json(self.lake, name, version, MODEL_METRICS),
+            params=REGISTRY.read_json(self.lake, name, version, MODEL_PARAMS),
             feature_run_id=meta.get("feature_run_id"),
             code_version=meta.get("code_version", "unknown"),
         )
@@ -244,5 +253,5 @@ class ModelRegistry:
     def load(self, name: str, version: str | None = None) -> tuple[Any, ModelVersion]:
         """The model object and its metadata (default: the current version)."""
         mv = self.get(name, version)
-        model = joblib.load(io.BytesIO(self.lake.read_bytes(Zone.REGISTRY, name, mv.version, "model.pkl")))
+        model = joblib.load(io.BytesIO(self.lake.read_bytes(*REGISTRY.parts(name, mv.version, MODEL_FILE))))
         return model, mv

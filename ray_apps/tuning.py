@@ -3,7 +3,10 @@
 A model family describes itself with a :class:`TuneSpec`: how to load its training data, its
 search space, one trial (a generator that yields metrics after each training iteration, so ASHA
 can stop a poor trial early) and how to refit the best configuration into the object that goes
-into the registry. :func:`run_tune` does the rest for every family alike:
+into the registry. Every family has the same shape: a package with ``model.py`` (the estimator),
+``service.py`` (what serves or applies it) and ``train.py``, whose four steps are named ``load``,
+``space``, ``trial`` and ``fit`` and declared with :func:`family_spec`. :func:`run_tune` does the
+rest for every family alike:
 
 * ``grid`` runs every combination of the space to completion (FIFO); ``asha`` samples
   ``trials`` configurations from the same value lists and stops the weak ones early
@@ -22,16 +25,19 @@ import itertools
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.core.catalog import MODEL_TUNING
 from cluster.core.errors import FailedPrecondition, InvalidArgument, describe
 from cluster.core.settings import Settings
 
-__all__ = ["FAMILIES", "Family", "Dataset", "Fitted", "TuneSpec", "TuneOutcome", "SCHEDULERS", "grid_configs", "run_trial", "run_tune"]
+__all__ = ["FAMILIES", "Family", "Dataset", "Fitted", "TuneSpec", "TuneOutcome", "SCHEDULERS", "STEPS", "family_spec",
+           "get_spec", "grid_configs", "run_trial", "run_tune"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -90,6 +96,32 @@ class TuneSpec:
     max_iterations: int = 1
     default_trials: int = 8
     description: str = ""
+
+
+#: The functions every family's ``train`` module defines, in the order the runner calls them.
+STEPS = ("load", "space", "trial", "fit")
+
+
+def family_spec(module: str, name: str, *, metric: str, mode: str, max_iterations: int = 1,
+                default_trials: int = 8, description: str = "") -> TuneSpec:
+    """The TuneSpec of a family from the four :data:`STEPS` its ``train`` module defines.
+
+    Called at the end of the module (``SPEC = family_spec(__name__, ...)``), once the steps exist.
+
+    Args:
+        module: The ``train`` module's ``__name__``.
+        name: Registry name; ``metric``, ``mode``, ``max_iterations``, ``default_trials`` and
+            ``description`` as in :class:`TuneSpec`.
+
+    Raises:
+        TypeError: the module lacks one of the steps (a programming error, found at import).
+    """
+    steps = vars(sys.modules[module])
+    missing = [s for s in STEPS if not callable(steps.get(s))]
+    if missing:
+        raise TypeError(f"{module} must define {', '.join(missing)} before family_spec")
+    return TuneSpec(name, metric, mode, *(steps[s] for s in STEPS), max_iterations=max_iterations,
+                    default_trials=default_trials, description=description)
 
 
 @dataclass
@@ -166,6 +198,163 @@ def _trial_rows(results, metric: str) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How Tune runs the search: its param space and options, and the trials planned."""
+
+    param_space: dict[str, Any]
+    tune_kwargs: dict[str, Any]
+    #: Trials planned: every combination (grid) or the ASHA samples.
+    budget: int
+    #: Size of the space (its combinations), for the progress line.
+    n_grid: int
+
+
+def _check_arguments(scheduler: str, trials: int | None) -> None:
+    if scheduler not in SCHEDULERS:
+        raise InvalidArgument(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}",
+                              field="scheduler")
+    if trials is not None and trials < 1:
+        raise InvalidArgument(f"trials must be at least 1, got {trials}", field="trials")
+
+
+def _search_space(settings: Settings, spec: TuneSpec, smoke_test: bool) -> dict[str, Sequence[Any]]:
+    space = dict(spec.space(settings, smoke_test))
+    if not space:
+        raise FailedPrecondition(f"{spec.name} has an empty search space")
+    return space
+
+
+def _plan(spec: TuneSpec, space: Mapping[str, Sequence[Any]], scheduler: str, trials: int | None,
+          seed: int) -> _Plan:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    n_grid = len(grid_configs(space))
+    if scheduler == "grid":
+        return _Plan({k: tune.grid_search(list(v)) for k, v in space.items()},
+                     {"scheduler": FIFOScheduler(), "num_samples": 1}, n_grid, n_grid)
+    budget = trials or spec.default_trials
+    return _Plan({k: tune.choice(list(v)) for k, v in space.items()}, {
+        "scheduler": ASHAScheduler(max_t=max(spec.max_iterations, 1), grace_period=1, reduction_factor=3),
+        "num_samples": budget,
+        # Seeded sampling: the same command samples the same configurations.
+        "search_alg": BasicVariantGenerator(random_state=seed),
+    }, budget, n_grid)
+
+
+def _tuner(settings: Settings, spec: TuneSpec, data: Dataset, plan: _Plan, name: str, *, scheduler: str,
+           fresh: bool, step: Progress) -> tuple[Any, bool, Path]:
+    """A new Tuner for the experiment, or the earlier run of it restored (unless ``fresh``).
+
+    Returns:
+        The tuner, whether it resumes an earlier run, and the experiment's folder.
+    """
+    from ray import tune
+
+    from ray_apps.runtime import ensure_ray
+
+    storage = Path(settings.ray.tune_storage).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / name
+    ensure_ray(settings)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec, data=data.data), {"cpu": 1})
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    if path.exists() and tune.Tuner.can_restore(str(path)):
+        step(f"resuming {name} (finished trials are kept)", 0.05)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=plan.param_space)
+        return tuner, True, path
+    step(f"{scheduler}: {plan.budget} trials of {spec.name} (space of {plan.n_grid})", 0.05)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=plan.param_space,
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, **plan.tune_kwargs),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+    )
+    return tuner, False, path
+
+
+def _compute(rows: list[dict[str, Any]], failed: int, wall: float) -> dict[str, float]:
+    return {
+        "trials": len(rows),
+        "failed_trials": failed,
+        "iterations": sum(r["iterations"] for r in rows),
+        "trial_seconds": round(sum((r["seconds"] for r in rows), 0.0), 3),
+        "wall_seconds": round(wall, 3),
+        "nodes": len({r["node_id"] for r in rows}),
+    }
+
+
+def _outcome(spec: TuneSpec, results, wall: float, *, name: str, resumed: bool, budget: int, path: Path,
+             step: Progress) -> TuneOutcome:
+    """The search's outcome from Tune's results: the trial table, the best trial, the compute used.
+
+    Raises:
+        FailedPrecondition: every trial failed.
+    """
+    failed = [r for r in results if r.error]
+    rows = _trial_rows(results, spec.metric)
+    # An interrupted search lists trials that never reported: complete means every planned
+    # trial reported (ASHA's early-stopped ones included) or failed.
+    complete = len(rows) + len(failed) >= budget
+    if not rows and not complete:
+        step(f"stopped before any trial finished: run the same command again to resume {name}", 1.0)
+        return TuneOutcome({}, float("nan"), [], _compute([], 0, wall), name, resumed, complete=False)
+    if not rows:
+        # One line, not the trial's traceback: the full error is in the trial's folder under ray.tune_storage.
+        first = describe(failed[0].error) if failed else "no trial reported"
+        raise FailedPrecondition(f"every {spec.name} trial failed ({len(failed)}); first: {first} "
+                                 f"(trial logs under {path})")
+    if failed:
+        log.warning("%d of %d %s trials failed; first: %s", len(failed), len(results), spec.name, failed[0].error)
+    scored = [r for r in rows if r[spec.metric] is not None]
+    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r[spec.metric])
+    outcome = TuneOutcome(best["config"], float(best[spec.metric]), rows, _compute(rows, len(failed), wall), name,
+                          resumed, complete)
+    step(f"best {spec.metric}={outcome.best_score:.4f} with {best['config']}", 0.7)
+    if not complete:
+        step(f"stopped with {budget - len(rows) - len(failed)} of {budget} trials unfinished: "
+             "run the same command again to resume", 1.0)
+    return outcome
+
+
+def _refit_and_register(settings: Settings, spec: TuneSpec, data: Dataset, outcome: TuneOutcome, *,
+                        scheduler: str, space: Mapping[str, Sequence[Any]], smoke_test: bool, promote: bool,
+                        step: Progress) -> None:
+    """Refit the best configuration, register it with the trial table (``tuning.json``) and set
+    ``outcome.fitted`` and ``outcome.version``."""
+    from cluster.core.storage import open_lake
+    from ray_apps.registry import ModelRegistry
+
+    step(f"refitting the best {spec.name} configuration", 0.75)
+    best_config, compute = outcome.best_config, outcome.compute
+    fitted = spec.fit(dict(best_config), data.data, outcome.trials)
+    tuning = {
+        "experiment": outcome.experiment,
+        "scheduler": scheduler,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "space": {k: list(v) for k, v in space.items()},
+        "best_config": best_config,
+        "best_score": outcome.best_score,
+        "compute": compute,
+        "resumed": outcome.resumed,
+        "trials": outcome.trials,
+    }
+    metrics = {**fitted.metrics, "tune_best_" + spec.metric: outcome.best_score,
+               "trial_nodes": compute["nodes"], **{f"data_{k}": v for k, v in data.info.items()
+                                                   if isinstance(v, (int, float, str))}}
+    params = {**fitted.params, "tuned": best_config, "scheduler": scheduler, "smoke_test": smoke_test}
+    mv = ModelRegistry(open_lake(settings)).register(
+        spec.name, fitted.model, metrics=metrics, params=params, feature_run_id=data.feature_run_id,
+        make_current=promote, extras={MODEL_TUNING: tuning},
+    )
+    outcome.fitted, outcome.version = fitted, mv
+    step(f"registered {mv.ref}" + (" (current)" if promote else ""), 1.0)
+
+
 def run_tune(
     settings: Settings,
     spec: TuneSpec,
@@ -201,126 +390,24 @@ def run_tune(
         InvalidArgument: unknown scheduler or a trial budget below 1.
         FailedPrecondition: the features are missing, or every trial failed.
     """
-    if scheduler not in SCHEDULERS:
-        raise InvalidArgument(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}",
-                              field="scheduler")
-    if trials is not None and trials < 1:
-        raise InvalidArgument(f"trials must be at least 1, got {trials}", field="trials")
+    _check_arguments(scheduler, trials)
     step = progress or (lambda _s, _f: None)
     step(f"loading {spec.name} training data", 0.0)
     # Before importing Ray Tune (seconds): missing features fail at once, with the command to run.
     data = dataset or spec.load(settings, smoke_test)
     # The new console output ignores verbose=0 and prints boxes into the CLI's progress.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from ray_apps.runtime import ensure_ray
-
-    space = dict(spec.space(settings, smoke_test))
-    if not space:
-        raise FailedPrecondition(f"{spec.name} has an empty search space")
-    n_grid = len(grid_configs(space))
-    if scheduler == "grid":
-        param_space = {k: tune.grid_search(list(v)) for k, v in space.items()}
-        tune_kwargs: dict[str, Any] = {"scheduler": FIFOScheduler(), "num_samples": 1}
-        budget = n_grid
-    else:
-        budget = trials or spec.default_trials
-        param_space = {k: tune.choice(list(v)) for k, v in space.items()}
-        tune_kwargs = {
-            "scheduler": ASHAScheduler(max_t=max(spec.max_iterations, 1), grace_period=1, reduction_factor=3),
-            "num_samples": budget,
-            # Seeded sampling: the same command samples the same configurations.
-            "search_alg": BasicVariantGenerator(random_state=settings.segments.seed),
-        }
-    name = _experiment_name(spec, data, scheduler, budget if scheduler == "asha" else None, space, smoke_test)
-    storage = Path(settings.ray.tune_storage).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
-    path = storage / name
-    ensure_ray(settings)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, spec=spec, data=data.data), {"cpu": 1})
-    resumed = False
-    if fresh and path.exists():
-        shutil.rmtree(path)
-    if path.exists() and tune.Tuner.can_restore(str(path)):
-        step(f"resuming {name} (finished trials are kept)", 0.05)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space)
-        resumed = True
-    else:
-        step(f"{scheduler}: {budget} trials of {spec.name} (space of {n_grid})", 0.05)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, **tune_kwargs),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
-        )
+    space = _search_space(settings, spec, smoke_test)
+    plan = _plan(spec, space, scheduler, trials, settings.segments.seed)
+    name = _experiment_name(spec, data, scheduler, plan.budget if scheduler == "asha" else None, space, smoke_test)
+    tuner, resumed, path = _tuner(settings, spec, data, plan, name, scheduler=scheduler, fresh=fresh, step=step)
     started = time.perf_counter()
     results = tuner.fit()
-    wall = time.perf_counter() - started
-    failed = [r for r in results if r.error]
-    rows = _trial_rows(results, spec.metric)
-    # An interrupted search lists trials that never reported: complete means every planned
-    # trial reported (ASHA's early-stopped ones included) or failed.
-    complete = len(rows) + len(failed) >= budget
-    if not rows and not complete:
-        step(f"stopped before any trial finished: run the same command again to resume {name}", 1.0)
-        return TuneOutcome({}, float("nan"), [], {"trials": 0, "failed_trials": 0, "iterations": 0,
-                                                  "trial_seconds": 0.0, "wall_seconds": round(wall, 3), "nodes": 0},
-                           name, resumed, complete=False)
-    if not rows:
-        # One line, not the trial's traceback: the full error is in the trial's folder under ray.tune_storage.
-        first = describe(failed[0].error) if failed else "no trial reported"
-        raise FailedPrecondition(f"every {spec.name} trial failed ({len(failed)}); first: {first} "
-                                 f"(trial logs under {path})")
-    if failed:
-        log.warning("%d of %d %s trials failed; first: %s", len(failed), len(results), spec.name, failed[0].error)
-    scored = [r for r in rows if r[spec.metric] is not None]
-    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r[spec.metric])
-    compute = {
-        "trials": len(rows),
-        "failed_trials": len(failed),
-        "iterations": sum(r["iterations"] for r in rows),
-        "trial_seconds": round(sum(r["seconds"] for r in rows), 3),
-        "wall_seconds": round(wall, 3),
-        "nodes": len({r["node_id"] for r in rows}),
-    }
-    outcome = TuneOutcome(best["config"], float(best[spec.metric]), rows, compute, name, resumed, complete)
-    step(f"best {spec.metric}={outcome.best_score:.4f} with {best['config']}", 0.7)
-    if not complete:
-        step(f"stopped with {budget - len(rows) - len(failed)} of {budget} trials unfinished: "
-             "run the same command again to resume", 1.0)
-        return outcome
-    if not register:
-        return outcome
-    step(f"refitting the best {spec.name} configuration", 0.75)
-    fitted = spec.fit(dict(best["config"]), data.data, rows)
-    from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
-
-    tuning = {
-        "experiment": name,
-        "scheduler": scheduler,
-        "metric": spec.metric,
-        "mode": spec.mode,
-        "space": {k: list(v) for k, v in space.items()},
-        "best_config": best["config"],
-        "best_score": outcome.best_score,
-        "compute": compute,
-        "resumed": resumed,
-        "trials": rows,
-    }
-    metrics = {**fitted.metrics, "tune_best_" + spec.metric: outcome.best_score,
-               "trial_nodes": compute["nodes"], **{f"data_{k}": v for k, v in data.info.items()
-                                                   if isinstance(v, (int, float, str))}}
-    params = {**fitted.params, "tuned": best["config"], "scheduler": scheduler, "smoke_test": smoke_test}
-    mv = ModelRegistry(open_lake(settings)).register(
-        spec.name, fitted.model, metrics=metrics, params=params, feature_run_id=data.feature_run_id,
-        make_current=promote, extras={"tuning.json": tuning},
-    )
-    outcome.fitted, outcome.version = fitted, mv
-    step(f"registered {mv.ref}" + (" (current)" if promote else ""), 1.0)
+    outcome = _outcome(spec, results, time.perf_counter() - started, name=name, resumed=resumed,
+                       budget=plan.budget, path=path, step=step)
+    if outcome.complete and register:
+        _refit_and_register(settings, spec, data, outcome, scheduler=scheduler, space=space, smoke_test=smoke_test,
+                            promote=promote, step=step)
     return outcome
 
 

@@ -31,21 +31,18 @@ column                      meaning
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import ATTRIBUTES
 from cluster.core.errors import InvalidArgument
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
-from spark_jobs.common import read_events, read_raw, require_raw
-from spark_jobs.rfm import new_run_id
+from spark_jobs.context import JobContext, Progress
 
 __all__ = ["COUNT_COLUMNS", "HOUR_BLOCK", "SHARE_PREFIXES", "attribute_features", "main"]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 #: Activity columns (counts and amounts); every other feature column is a share or a price.
 COUNT_COLUMNS = ("events", "views", "active_days", "paid_orders", "paid_amount")
@@ -152,31 +149,23 @@ def main(settings: Settings, *, run_id: str | None = None, progress: Progress | 
         FailedPrecondition: no users or orders have been ingested.
         InvalidArgument: ``attributes.target`` is not a users column.
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
     target = settings.attributes.target
-    lake = open_lake(settings)
-    require_raw(lake, "users", "orders")
-    spark = get_spark(settings, "pmkt-attributes")
-    run_id = run_id or new_run_id()
-    step("reading users, events and orders", 0.0)
-    users, orders = read_raw(spark, lake, "users"), read_raw(spark, lake, "orders")
-    events = read_events(spark, lake)
-    step(f"building {target} features", 0.2)
+    ctx = JobContext.start(settings, "pmkt-attributes", run_id=run_id, progress=progress)
+    ctx.require_raw("users", "orders")
+    ctx.step("reading users, events and orders", 0.0)
+    users, orders, events = ctx.read_raw("users"), ctx.read_raw("orders"), ctx.read_events()
+    ctx.step(f"building {target} features", 0.2)
     table = attribute_features(users, events, orders, target, settings.ingest.source_timezone).cache()
-    rel = f"attributes/run={run_id}"
-    table.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    path = ctx.write_run(ATTRIBUTES, table)
     rows = table.count()
     classes = {r["declared"]: r["count"] for r in table.where(F.col("declared").isNotNull())
                .groupBy("declared").count().collect()}
     columns = [c for c in table.columns if c not in ("user_id", "declared")]
     table.unpersist()
-    meta = {"run_id": run_id, "target": target, "rows": rows, "declared": sum(classes.values()),
-            "classes": dict(sorted(classes.items())), "feature_columns": columns,
-            "path": f"{Zone.FEATURES.value}/{rel}"}
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "attributes", "latest.json")
-    step("done", 1.0)
-    log.info("attribute features run %s (%s): %d users, %d declared", run_id, target, rows, meta["declared"])
+    meta = ctx.publish(ATTRIBUTES, {
+        "run_id": ctx.run_id, "target": target, "rows": rows, "declared": sum(classes.values()),
+        "classes": dict(sorted(classes.items())), "feature_columns": columns, "path": path,
+    })
+    ctx.step("done", 1.0)
+    log.info("attribute features run %s (%s): %d users, %d declared", ctx.run_id, target, rows, meta["declared"])
     return meta

@@ -14,30 +14,26 @@ goal-gap analysis of :mod:`ray_apps.evaluation.goals` follows over time).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import CAMPAIGN_DAILY, CAMPAIGNS
 from cluster.core.errors import InvalidArgument
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
-from spark_jobs.common import read_raw, require_raw
-from spark_jobs.rfm import new_run_id
+from spark_jobs.context import JobContext, Progress
+from spark_jobs.transforms import UNKNOWN
 
 __all__ = ["attribute_orders", "campaign_daily", "campaign_table", "main", "CAMPAIGN_COLUMNS", "DAILY_COLUMNS",
            "UNKNOWN"]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 #: Columns of the table ``campaign_table`` builds.
 CAMPAIGN_COLUMNS = ("user_id", "campaign_id", "channel", "impressions", "clicks", "cost", "conversions",
                     "orders", "revenue")
 #: Columns of the table ``campaign_daily`` builds (``date`` is the local day).
 DAILY_COLUMNS = ("campaign_id", "date", "impressions", "new_reach", "clicks", "cost", "conversions", "revenue")
-#: Stands for a missing campaign or channel (both are optional in the data contract).
-UNKNOWN = "(unknown)"
 
 
 def attribute_orders(impressions: DataFrame, orders: DataFrame, window_days: int) -> DataFrame:
@@ -109,34 +105,23 @@ def main(settings: Settings, *, run_id: str | None = None, window_days: int | No
     Raises:
         FailedPrecondition: no impressions or orders have been ingested.
     """
-    from spark_jobs.session import get_spark
-
     window_days = settings.evaluation.attribution_window_days if window_days is None else window_days
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    require_raw(lake, "impressions", "orders")
-    spark = get_spark(settings, "pmkt-campaigns")
-    run_id = run_id or new_run_id()
-    step("reading impressions and orders", 0.0)
-    impressions, orders = read_raw(spark, lake, "impressions"), read_raw(spark, lake, "orders")
-    step("attributing orders to clicks", 0.2)
+    tz = settings.ingest.source_timezone
+    ctx = JobContext.start(settings, "pmkt-campaigns", run_id=run_id, progress=progress)
+    ctx.require_raw("impressions", "orders")
+    ctx.step("reading impressions and orders", 0.0)
+    impressions, orders = ctx.read_raw("impressions"), ctx.read_raw("orders")
+    ctx.step("attributing orders to clicks", 0.2)
     table = campaign_table(impressions, orders, window_days).cache()
-    rel = f"campaigns/run={run_id}"
-    table.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    path = ctx.write_run(CAMPAIGNS, table)
     rows = table.count()
     table.unpersist()
-    meta = {"run_id": run_id, "rows": rows, "window_days": window_days, "path": f"{Zone.FEATURES.value}/{rel}"}
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "campaigns", "latest.json")
-    step("campaign results per day", 0.7)
-    daily_rel = f"campaign_daily/run={run_id}"
-    (campaign_daily(impressions, orders, window_days, settings.ingest.source_timezone)
-     .repartition(1).sortWithinPartitions("campaign_id", "date")
-     .write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, daily_rel)))
-    daily_meta = {"run_id": run_id, "window_days": window_days, "timezone": settings.ingest.source_timezone,
-                  "path": f"{Zone.FEATURES.value}/{daily_rel}"}
-    lake.write_json(daily_meta, Zone.FEATURES, daily_rel, "_meta.json")
-    lake.write_json(daily_meta, Zone.FEATURES, "campaign_daily", "latest.json")
-    step("done", 1.0)
-    log.info("campaign table run %s: %d rows (attribution window %d days)", run_id, rows, window_days)
+    meta = ctx.publish(CAMPAIGNS, {"run_id": ctx.run_id, "rows": rows, "window_days": window_days, "path": path})
+    ctx.step("campaign results per day", 0.7)
+    daily = campaign_daily(impressions, orders, window_days, tz).repartition(1).sortWithinPartitions(
+        "campaign_id", "date")
+    daily_path = ctx.write_run(CAMPAIGN_DAILY, daily)
+    ctx.publish(CAMPAIGN_DAILY, {"run_id": ctx.run_id, "window_days": window_days, "timezone": tz, "path": daily_path})
+    ctx.step("done", 1.0)
+    log.info("campaign table run %s: %d rows (attribution window %d days)", ctx.run_id, rows, window_days)
     return meta

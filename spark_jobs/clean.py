@@ -4,7 +4,7 @@ Three tables are cleaned (docs/cleaning.md):
 
 * ``orders`` and ``users`` from the raw zone (users get a derived ``age``);
 * ``user_features``: one row per user, the users joined with RFM over the cleaned orders
-  (:func:`spark_jobs.rfm.rfm`), so that users who never paid are present with missing RFM values
+  (:func:`spark_jobs.transforms.rfm`), so that users who never paid are present with missing RFM values
   that the rules fill (recency = the maximum observed recency, frequency and monetary 0).
 
 Each table is de-duplicated first (:func:`deduplicate`), then every numeric column is treated by its
@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from functools import reduce
@@ -33,13 +32,12 @@ from types import MappingProxyType
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import CLEAN, CLEAN_REPORTS, Table
 from cluster.core.errors import FailedPrecondition, InvalidArgument, PlatformError
 from cluster.core.privacy import ID_NUMBER_COLUMN, PHONE_COLUMN
-from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
-from spark_jobs.common import exclude_forgotten
-from spark_jobs.ingest import new_run_id
-from spark_jobs.rfm import default_as_of, rfm
+from cluster.core.settings import CleaningSettings, Settings
+from spark_jobs.context import JobContext, Progress
+from spark_jobs.transforms import default_as_of, rfm
 
 __all__ = [
     "ColumnRule",
@@ -63,8 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, float], None]
 
 #: How a column's missing values are filled. ``max`` is the largest observed value and ``zero``
 #: the constant 0 (the "never purchased" rules of ``user_features``).
@@ -217,8 +213,6 @@ DEFAULT_RULES: Mapping[str, Mapping[str, ColumnRule]] = _rules(
 _KEYS = {"orders": ("order_id",), "users": ("user_id",), "user_features": ("user_id",)}
 _NEWEST = {"orders": ("_ingest_run", "order_time"), "users": ("_ingest_run", "signup_time"), "user_features": ()}
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 
 # --- pure transforms ---------------------------------------------------------------------------
 
@@ -262,7 +256,7 @@ def user_features(users: DataFrame, rfm_features: DataFrame) -> DataFrame:
 
     Args:
         users: De-duplicated users with ``user_id`` and ``age`` (:func:`with_age`).
-        rfm_features: :func:`spark_jobs.rfm.rfm` output over the cleaned orders.
+        rfm_features: :func:`spark_jobs.transforms.rfm` output over the cleaned orders.
 
     Returns:
         ``user_id``, ``recency_days``, ``frequency``, ``monetary`` (null for a user without a paid
@@ -642,99 +636,113 @@ def main(
         InvalidArgument: a bad run id, or a rule for a column a table lacks.
         PlatformError: the report does not reconcile (a bug, never bad data).
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
     started = datetime.now(timezone.utc)
-    run_id = run_id or new_run_id()
-    if not _RUN_ID.match(run_id):
-        raise InvalidArgument(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'", field="run_id")
-    unknown = sorted(set(rules or {}) - set(DEFAULT_RULES))
-    if unknown:
-        raise InvalidArgument(f"rules for unknown tables: {', '.join(unknown)} (tables: {', '.join(DEFAULT_RULES)})",
-                              field="rules")
-    cs = settings.cleaning
-    if rules is None and cs.rules:
-        rules = {table: {col: ColumnRule(**r.model_dump()) for col, r in cols.items()}
-                 for table, cols in cs.rules.items()}
-    rules = {**DEFAULT_RULES, **(rules or {})}
-    options = options or CleanOptions(relative_error=cs.relative_error, knn_fit_rows=cs.knn_fit_rows,
-                                      knn_max_rows=cs.knn_max_rows, seed=cs.seed)
-    lake = open_lake(settings)
-    if not lake.exists(Zone.RAW, "orders"):
-        raise FailedPrecondition("the raw zone has no orders: run `pmkt ingest DIR` first")
-    spark = get_spark(settings, "pmkt-clean")
-
-    step("orders: de-duplicating", 0.0)
+    ctx = JobContext.start(settings, "pmkt-clean", run_id=run_id, progress=progress)
+    rules, options = _rules_and_options(settings.cleaning, rules, options)
+    ctx.require_raw("orders")
     # Users who asked to be forgotten stay out of every build; rows_in counts what is left.
-    raw_orders = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "orders")), lake)
+    raw_orders = ctx.read_raw("orders")
     as_of = as_of or default_as_of(raw_orders)
-    tables: dict[str, dict] = {}
     cached: list[DataFrame] = []
-    outputs: dict[str, DataFrame] = {}
     try:
-        marked, orders, counts = _dedupe("orders", raw_orders)
-        cached.append(marked)
-        step("orders: outliers and missing values", 0.15)
-        outputs["orders"], tables["orders"] = _clean_table("orders", orders, counts, rules["orders"], options)
-        cached.append(outputs["orders"])
-
-        if lake.exists(Zone.RAW, "users"):
-            step("users: de-duplicating", 0.35)
-            raw_users = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "users")), lake)
-            marked, users, counts = _dedupe("users", with_age(raw_users, as_of))
-            cached.append(marked)
-            step("users: outliers and missing values", 0.45)
-            outputs["users"], tables["users"] = _clean_table("users", users, counts, rules["users"], options)
-            cached.append(outputs["users"])
-
-            step("user features", 0.6)
-            buyers = rfm(outputs["orders"], as_of).cache()
-            cached.append(buyers)
-            marked, features, counts = _dedupe("user_features", user_features(users, buyers))
-            cached.append(marked)
-            outputs["user_features"], entry = _clean_table(
-                "user_features", features, counts, rules["user_features"], options
-            )
-            cached.append(outputs["user_features"])
-            orphans = buyers.join(users.select("user_id"), "user_id", "left_anti").count()
-            never = outputs["user_features"].where(~F.col("has_paid_order")).count()
-            tables["user_features"] = {**entry, "never_purchased": never, "buyers_without_user": orphans}
+        _, orders, entry = _dedupe_and_treat(ctx, "orders", raw_orders, rules, options, cached, at=(0.0, 0.15))
+        outputs, tables = {"orders": orders}, {"orders": entry}
+        if ctx.has_raw("users"):
+            _clean_users(ctx, orders, as_of, rules, options, cached, outputs, tables)
         else:
             log.info("clean: the raw zone has no users; users and user_features skipped")
-            tables["users"] = {"skipped": True}
-            tables["user_features"] = {"skipped": True}
-
-        step("writing", 0.8)
+            tables.update(users={"skipped": True}, user_features={"skipped": True})
+        ctx.step("writing", 0.8)
         for name, df in outputs.items():
-            rel = f"clean/{name}/run={run_id}"
-            _publishable(df).write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
-            tables[name]["path"] = f"{Zone.FEATURES.value}/{rel}"
-            log.info(
-                "clean %s: %d in, %d out, %d duplicates removed, %d values filled, %d outliers flagged",
-                name, tables[name]["rows_in"], tables[name]["rows_out"], tables[name]["duplicates_removed"],
-                sum(tables[name]["missing_filled"].values()), tables[name]["outliers_flagged"],
-            )
+            tables[name]["path"] = _write_table(ctx, name, df, tables[name])
     finally:
         for df in cached:
             df.unpersist()
-
     report = {
-        "run_id": run_id,
+        "run_id": ctx.run_id,
         "as_of": as_of.isoformat(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quantiles": "exact" if options.relative_error == 0 else f"approx (relative error {options.relative_error})",
         "tables": tables,
     }
-    step("writing report", 0.98)
+    ctx.step("writing report", 0.98)
     paths = {n: t["path"] for n, t in tables.items() if t.get("path")}
-    latest = {"run_id": run_id, "as_of": report["as_of"], "paths": paths}
-    lake.write_json(latest, Zone.FEATURES, "clean", "latest.json")
-    lake.write_json(report, Zone.REPORTS, "clean", f"{run_id}.json")
-    lake.write_json(report, Zone.REPORTS, "clean", "latest.json")
-    step("done", 1.0)
+    # clean/latest.json names every table's run; the run folders are per table, without a _meta.json.
+    CLEAN.publish(ctx.lake, ctx.run_id, {"run_id": ctx.run_id, "as_of": report["as_of"], "paths": paths},
+                  run_meta=False)
+    CLEAN_REPORTS.write_report(ctx.lake, ctx.run_id, report)
+    ctx.step("done", 1.0)
     return report
+
+
+def _rules_and_options(
+    cs: CleaningSettings, rules: Mapping[str, Mapping[str, ColumnRule]] | None, options: CleanOptions | None
+) -> tuple[dict[str, Mapping[str, ColumnRule]], CleanOptions]:
+    """The rules per table (given, else ``cleaning.rules``, over :data:`DEFAULT_RULES`) and the options.
+
+    Raises:
+        InvalidArgument: rules for a table that is not cleaned.
+    """
+    unknown = sorted(set(rules or {}) - set(DEFAULT_RULES))
+    if unknown:
+        raise InvalidArgument(f"rules for unknown tables: {', '.join(unknown)} (tables: {', '.join(DEFAULT_RULES)})",
+                              field="rules")
+    if rules is None and cs.rules:
+        rules = {table: {col: ColumnRule(**r.model_dump()) for col, r in cols.items()}
+                 for table, cols in cs.rules.items()}
+    options = options or CleanOptions(relative_error=cs.relative_error, knn_fit_rows=cs.knn_fit_rows,
+                                      knn_max_rows=cs.knn_max_rows, seed=cs.seed)
+    return {**DEFAULT_RULES, **(rules or {})}, options
+
+
+def _dedupe_and_treat(
+    ctx: JobContext, name: str, df: DataFrame, rules: Mapping[str, Mapping[str, ColumnRule]], options: CleanOptions,
+    cached: list[DataFrame], *, at: tuple[float, float],
+) -> tuple[DataFrame, DataFrame, dict]:
+    """De-duplicate then treat one table: the kept rows, the treated table and its report entry.
+
+    What it caches is appended to ``cached`` (the caller unpersists it, on failure too); ``at`` is
+    the progress fraction of each half.
+    """
+    ctx.step(f"{name}: de-duplicating", at[0])
+    marked, kept, counts = _dedupe(name, df)
+    cached.append(marked)
+    ctx.step(f"{name}: outliers and missing values", at[1])
+    treated, entry = _clean_table(name, kept, counts, rules[name], options)
+    cached.append(treated)
+    return kept, treated, entry
+
+
+def _clean_users(
+    ctx: JobContext, orders: DataFrame, as_of: date, rules: Mapping[str, Mapping[str, ColumnRule]],
+    options: CleanOptions, cached: list[DataFrame], outputs: dict[str, DataFrame], tables: dict[str, dict],
+) -> None:
+    """Clean ``users`` and build ``user_features`` from them and the cleaned ``orders`` (into
+    ``outputs`` and ``tables``)."""
+    raw_users = with_age(ctx.read_raw("users"), as_of)
+    users, outputs["users"], tables["users"] = _dedupe_and_treat(ctx, "users", raw_users, rules, options, cached,
+                                                                 at=(0.35, 0.45))
+    buyers = rfm(orders, as_of).cache()
+    cached.append(buyers)
+    _, outputs["user_features"], entry = _dedupe_and_treat(
+        ctx, "user_features", user_features(users, buyers), rules, options, cached, at=(0.6, 0.7)
+    )
+    orphans = buyers.join(users.select("user_id"), "user_id", "left_anti").count()
+    never = outputs["user_features"].where(~F.col("has_paid_order")).count()
+    tables["user_features"] = {**entry, "never_purchased": never, "buyers_without_user": orphans}
+
+
+def _write_table(ctx: JobContext, name: str, df: DataFrame, entry: dict) -> str:
+    """Write one cleaned table (what may leave the job: :func:`_publishable`); its lake-relative path."""
+    run = Table.run_folder(ctx.run_id)
+    _publishable(df).write.mode("overwrite").parquet(CLEAN.uri(ctx.lake, name, run))
+    log.info(
+        "clean %s: %d in, %d out, %d duplicates removed, %d values filled, %d outliers flagged",
+        name, entry["rows_in"], entry["rows_out"], entry["duplicates_removed"],
+        sum(entry["missing_filled"].values()), entry["outliers_flagged"],
+    )
+    return CLEAN.rel(name, run)
 
 
 def _num(value: float | None) -> str:

@@ -13,21 +13,21 @@ docs/features-clv.md describes the model and the check against the published CDN
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import CLV
 from cluster.core.errors import FailedPrecondition, InvalidArgument
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake, open_profile_store
-from spark_jobs.common import exclude_forgotten
-from spark_jobs.rfm import default_as_of, new_run_id
+from spark_jobs.context import JobContext, Progress, column_cells
+from spark_jobs.transforms import default_as_of
 
-__all__ = ["clv_summary", "ClvModel", "fit_clv", "main", "CLV_COLUMNS", "UNITS", "SUMMARY_COLUMNS"]
+__all__ = ["clv_summary", "ClvModel", "fit_clv", "predict_features", "main", "CLV_COLUMNS", "UNITS",
+           "SUMMARY_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ CLV_COLUMNS = {
 #: Length of the discounting period in days: lifetimes discounts per 30-day month.
 _MONTH_DAYS = 30
 
-Progress = Callable[[str, float], None]
+_cells = column_cells(CLV_COLUMNS, dict.fromkeys(("clv_historic", "clv_predicted", "p_alive", "expected_purchases"),
+                                                 float))
 
 
 def _unit_days(unit: str) -> int:
@@ -245,28 +246,14 @@ def _check_columns(summary: pd.DataFrame) -> None:
         raise InvalidArgument(f"the CLV summary lacks columns {missing}", field="summary")
 
 
-def _store_writer(settings: Settings, as_of: str, run_id: str) -> Callable[[Iterator[Row]], None]:
-    def write_partition(rows: Iterator[Row]) -> None:
-        store = open_profile_store(settings)
-        try:
-            store.write_batch(
-                (
-                    r.user_id,
-                    {
-                        CLV_COLUMNS["clv_historic"]: float(r.clv_historic),
-                        CLV_COLUMNS["clv_predicted"]: float(r.clv_predicted),
-                        CLV_COLUMNS["p_alive"]: float(r.p_alive),
-                        CLV_COLUMNS["expected_purchases"]: float(r.expected_purchases),
-                        CLV_COLUMNS["as_of"]: as_of,
-                        CLV_COLUMNS["run_id"]: run_id,
-                    },
-                )
-                for r in rows
-            )
-        finally:
-            store.close()
-
-    return write_partition
+def predict_features(summary: pd.DataFrame, model: ClvModel, horizon_days: int,
+                     monthly_discount_rate: float) -> pd.DataFrame:
+    """The feature table: the summary and the model's predictions side by side, money to 2 decimals."""
+    predicted = model.predict(summary, horizon_days=horizon_days, monthly_discount_rate=monthly_discount_rate)
+    features = pd.concat([summary, predicted], axis=1)
+    features["clv_predicted"] = features["clv_predicted"].round(2)
+    features["expected_spend"] = features["expected_spend"].round(2)
+    return features
 
 
 def main(
@@ -308,48 +295,27 @@ def main(
     horizon_days = horizon_days or cs.horizon_days
     monthly_discount_rate = cs.monthly_discount_rate if monthly_discount_rate is None else monthly_discount_rate
     penalizer = cs.penalizer if penalizer is None else penalizer
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    if not lake.exists(Zone.RAW, "orders"):
-        raise FailedPrecondition("the raw zone has no orders: run `pmkt ingest DIR` first")
-    spark = get_spark(settings, "pmkt-clv")
-    run_id = run_id or new_run_id()
-    step("reading orders", 0.0)
-    orders = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "orders")), lake)
+    ctx = JobContext.start(settings, "pmkt-clv", run_id=run_id, progress=progress)
+    ctx.require_raw("orders")
+    ctx.step("reading orders", 0.0)
+    orders = ctx.read_raw("orders")
     as_of = as_of or default_as_of(orders)
-    step("computing the summary", 0.1)
+    ctx.step("computing the summary", 0.1)
     summary = clv_summary(orders, as_of, unit).toPandas()
-    step("fitting BG/NBD and Gamma-Gamma", 0.4)
+    ctx.step("fitting BG/NBD and Gamma-Gamma", 0.4)
     model = fit_clv(summary, penalizer=penalizer, unit=unit)
-    predicted = model.predict(summary, horizon_days=horizon_days, monthly_discount_rate=monthly_discount_rate)
-    features = pd.concat([summary, predicted], axis=1)
-    features["clv_predicted"] = features["clv_predicted"].round(2)
-    features["expected_spend"] = features["expected_spend"].round(2)
-    step("writing features", 0.6)
-    frame = spark.createDataFrame(features).cache()
-    rel = f"clv/run={run_id}"
-    frame.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
-    step("writing profiles", 0.8)
-    frame.select("user_id", "clv_historic", "clv_predicted", "p_alive", "expected_purchases").foreachPartition(
-        _store_writer(settings, as_of.isoformat(), run_id)
-    )
+    features = predict_features(summary, model, horizon_days, monthly_discount_rate)
+    ctx.step("writing features", 0.6)
+    frame = ctx.spark.createDataFrame(features).cache()
+    path = ctx.write_run(CLV, frame)
+    ctx.step("writing profiles", 0.8)
+    ctx.write_profiles(frame, _cells, {CLV_COLUMNS["as_of"]: as_of.isoformat(), CLV_COLUMNS["run_id"]: ctx.run_id})
     frame.unpersist()
-    meta = {
-        "run_id": run_id,
-        "as_of": as_of.isoformat(),
-        "users": len(features),
-        "repeat_customers": model.n_repeat_customers_,
-        "path": f"{Zone.FEATURES.value}/{rel}",
-        "unit": unit,
-        "horizon_days": horizon_days,
-        "monthly_discount_rate": monthly_discount_rate,
-        "penalizer": penalizer,
-        "params": model.params_,
-    }
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "clv", "latest.json")
-    step("done", 1.0)
-    log.info("CLV run %s: %d users as of %s", run_id, len(features), as_of)
+    meta = ctx.publish(CLV, {
+        "run_id": ctx.run_id, "as_of": as_of.isoformat(), "users": len(features),
+        "repeat_customers": model.n_repeat_customers_, "path": path, "unit": unit, "horizon_days": horizon_days,
+        "monthly_discount_rate": monthly_discount_rate, "penalizer": penalizer, "params": model.params_,
+    })
+    ctx.step("done", 1.0)
+    log.info("CLV run %s: %d users as of %s", ctx.run_id, len(features), as_of)
     return meta

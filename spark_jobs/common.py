@@ -1,17 +1,19 @@
-"""Helpers every Spark build shares."""
+"""Helpers every Spark build shares: reading the raw zone without the users who asked to be forgotten.
+
+Paths come from the lake catalog (:mod:`cluster.core.catalog`); :class:`spark_jobs.context.JobContext`
+offers these as methods, so a job's ``main`` rarely calls them directly.
+"""
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
+from cluster.core.catalog import RAW, RT_EVENTS
 from cluster.core.errors import FailedPrecondition
-from cluster.core.storage import Lake, Zone
-from cluster.core.storage.tombstones import Tombstones
+from cluster.core.storage import Lake
+from cluster.core.tombstones import Tombstones
 
-__all__ = ["exclude_forgotten", "forgotten_users", "read_events", "read_raw", "require_raw", "RT_EVENTS_DIR"]
-
-#: Raw-zone folder of events taken in real time (ray_apps/events/intake.py writes it).
-RT_EVENTS_DIR = "events_rt"
+__all__ = ["exclude_forgotten", "forgotten_users", "has_events", "read_events", "read_raw", "require_raw"]
 
 
 def forgotten_users(spark: SparkSession, lake: Lake) -> DataFrame | None:
@@ -33,13 +35,18 @@ def exclude_forgotten(df: DataFrame, lake: Lake, user_col: str = "user_id") -> D
 def require_raw(lake: Lake, *names: str) -> None:
     """Raise FailedPrecondition naming the first raw-zone table that has not been ingested."""
     for name in names:
-        if not lake.exists(Zone.RAW, name):
-            raise FailedPrecondition(f"the raw zone has no {name}: run `pmkt ingest DIR` first")
+        if not RAW[name].exists(lake):
+            raise FailedPrecondition(f"the raw zone has no {name}: run `{RAW[name].built_by}` first")
 
 
 def read_raw(spark: SparkSession, lake: Lake, name: str) -> DataFrame:
     """A raw-zone table, without the users who asked to be forgotten (every build reads this way)."""
-    return exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, name)), lake)
+    return exclude_forgotten(spark.read.parquet(RAW[name].uri(lake)), lake)
+
+
+def has_events(lake: Lake) -> bool:
+    """Whether the raw zone holds any behaviour event, delivered or taken in real time (no Spark)."""
+    return RAW["events"].exists(lake) or bool(RT_EVENTS.list_dir(lake))
 
 
 def read_events(spark: SparkSession, lake: Lake) -> DataFrame | None:
@@ -47,13 +54,11 @@ def read_events(spark: SparkSession, lake: Lake) -> DataFrame | None:
     (``raw/events_rt``), one row per event id, forgotten users excluded; None if there are none."""
     from pyspark.sql import functions as F
 
-    from cluster.core.storage import Zone
-
     frames = []
-    if lake.exists(Zone.RAW, "events"):
-        frames.append(spark.read.parquet(lake.uri(Zone.RAW, "events")))
-    if lake.list_dir(Zone.RAW, RT_EVENTS_DIR):
-        rt = spark.read.parquet(lake.uri(Zone.RAW, RT_EVENTS_DIR)).drop("received_at")
+    if RAW["events"].exists(lake):
+        frames.append(spark.read.parquet(RAW["events"].uri(lake)))
+    if RT_EVENTS.list_dir(lake):
+        rt = spark.read.parquet(RT_EVENTS.uri(lake)).drop("received_at")
         frames.append(rt.withColumn("dt", F.col("dt").cast("date")))
     if not frames:
         return None

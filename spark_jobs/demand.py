@@ -22,21 +22,18 @@ granularity of the shop's promotions, and is defined for zero-order hours of a d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import DEMAND
 from cluster.core.errors import InvalidArgument
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
-from spark_jobs.common import read_raw, require_raw
-from spark_jobs.rfm import new_run_id
+from spark_jobs.context import JobContext, Progress
 
 __all__ = ["DEMAND_COLUMNS", "demand_table", "list_prices", "main"]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 #: Columns of the table ``demand_table`` builds (``weekday`` 0 = Monday, ``hour`` 0-23 local).
 DEMAND_COLUMNS = ("category", "date", "weekday", "hour", "orders", "units", "revenue", "list_revenue",
@@ -103,31 +100,25 @@ def main(settings: Settings, *, run_id: str | None = None, progress: Progress | 
     Raises:
         FailedPrecondition: no orders have been ingested.
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    require_raw(lake, "orders")
-    spark = get_spark(settings, "pmkt-demand")
-    run_id = run_id or new_run_id()
     tz = settings.ingest.source_timezone
-    step("reading orders", 0.0)
-    orders = read_raw(spark, lake, "orders")
-    step("counting orders per category and local hour", 0.2)
+    ctx = JobContext.start(settings, "pmkt-demand", run_id=run_id, progress=progress)
+    ctx.require_raw("orders")
+    ctx.step("reading orders", 0.0)
+    orders = ctx.read_raw("orders")
+    ctx.step("counting orders per category and local hour", 0.2)
     # ~10 categories x 180 days x 24 hours: one sorted file is the natural unit to read back.
     table = demand_table(orders, tz).repartition(1).sortWithinPartitions("category", "date", "hour").cache()
-    rel = f"demand/run={run_id}"
-    table.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    path = ctx.write_run(DEMAND, table)
     summary = table.agg(F.count("*").alias("rows"), F.countDistinct("category").alias("categories"),
                         F.min("date").alias("lo"), F.max("date").alias("hi"),
                         F.sum("orders").alias("orders")).first()
     table.unpersist()
-    meta = {"run_id": run_id, "rows": int(summary["rows"]), "categories": int(summary["categories"] or 0),
-            "first_date": str(summary["lo"]), "last_date": str(summary["hi"]),
-            "orders": int(summary["orders"] or 0), "timezone": tz, "path": f"{Zone.FEATURES.value}/{rel}"}
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "demand", "latest.json")
-    step("done", 1.0)
-    log.info("demand table run %s: %d rows, %d categories, %s..%s (%s)", run_id, meta["rows"],
+    meta = ctx.publish(DEMAND, {
+        "run_id": ctx.run_id, "rows": int(summary["rows"]), "categories": int(summary["categories"] or 0),
+        "first_date": str(summary["lo"]), "last_date": str(summary["hi"]),
+        "orders": int(summary["orders"] or 0), "timezone": tz, "path": path,
+    })
+    ctx.step("done", 1.0)
+    log.info("demand table run %s: %d rows, %d categories, %s..%s (%s)", ctx.run_id, meta["rows"],
              meta["categories"], meta["first_date"], meta["last_date"], tz)
     return meta

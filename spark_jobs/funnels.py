@@ -36,24 +36,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import FUNNELS
 from cluster.core.contract import ACTIONS
 from cluster.core.errors import FailedPrecondition, InvalidArgument
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
-from spark_jobs.campaigns import UNKNOWN
-from spark_jobs.common import RT_EVENTS_DIR, read_events, read_raw
-from spark_jobs.rfm import new_run_id
+from spark_jobs.context import JobContext, Progress
+from spark_jobs.transforms import UNKNOWN
 
 __all__ = ["FUNNEL_COLUMNS", "ORGANIC", "UNKNOWN", "check_steps", "deepest_chain", "funnel_table", "main"]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 #: Columns of the table ``funnel_table`` builds.
 FUNNEL_COLUMNS = ("funnel", "user_id", "steps_reached", "step_ts", "device", "first_date", "channel")
@@ -238,39 +236,29 @@ def main(settings: Settings, run_id: str | None = None, progress: Progress | Non
         InvalidArgument: an override funnel has bad ``steps`` or ``window_hours``.
         FailedPrecondition: no events have been ingested.
     """
-    from spark_jobs.session import get_spark
-
     definitions = _definitions(settings, funnels)
     days = settings.evaluation.attribution_window_days
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    if not lake.exists(Zone.RAW, "events") and not lake.list_dir(Zone.RAW, RT_EVENTS_DIR):
-        # checked before Spark starts: a minute of JVM start-up for this line is too long
+    ctx = JobContext.start(settings, "pmkt-funnels", run_id=run_id, progress=progress)
+    if not ctx.has_events():  # checked before Spark starts: a minute of JVM start-up for this line is too long
         raise FailedPrecondition("the raw zone has no events: run `pmkt ingest DIR` with an events file first")
-    spark = get_spark(settings, "pmkt-funnels")
-    run_id = run_id or new_run_id()
-    step("reading events and clicks", 0.0)
-    events = read_events(spark, lake)  # not None: checked above
+    ctx.step("reading events and clicks", 0.0)
+    events = ctx.read_events()
     # Impressions are optional in a delivery: without them every funnel entry is organic.
-    clicks = read_raw(spark, lake, "impressions") if lake.exists(Zone.RAW, "impressions") else None
-    step("scanning each user's events", 0.1)
+    clicks = ctx.read_raw("impressions") if ctx.has_raw("impressions") else None
+    ctx.step("scanning each user's events", 0.1)
     tables = [funnel_table(events, d["steps"], d["window_hours"] * 3600.0, clicks, name=name, attribution_days=days)
               for name, d in definitions.items()]
     table = tables[0]
     for more in tables[1:]:
         table = table.unionByName(more)
     table = table.cache()
-    rel = f"funnels/run={run_id}"
-    table.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    path = ctx.write_run(FUNNELS, table)
     users = {r["funnel"]: r["count"] for r in table.groupBy("funnel").count().collect()}
     table.unpersist()
-    meta = {
-        "run_id": run_id, "rows": int(sum(users.values())), "attribution_window_days": days,
-        "funnels": {n: {**d, "users": int(users.get(n, 0))} for n, d in definitions.items()},
-        "path": f"{Zone.FEATURES.value}/{rel}",
-    }
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "funnels", "latest.json")
-    step("done", 1.0)
-    log.info("funnel table run %s: %d rows over %d funnel(s)", run_id, meta["rows"], len(definitions))
+    meta = ctx.publish(FUNNELS, {
+        "run_id": ctx.run_id, "rows": int(sum(users.values())), "attribution_window_days": days,
+        "funnels": {n: {**d, "users": int(users.get(n, 0))} for n, d in definitions.items()}, "path": path,
+    })
+    ctx.step("done", 1.0)
+    log.info("funnel table run %s: %d rows over %d funnel(s)", ctx.run_id, meta["rows"], len(definitions))
     return meta

@@ -26,7 +26,6 @@ import gzip
 import json
 import logging
 import re
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import INGEST_REPORTS, LANDING, QUARANTINE, RAW, Table
 from cluster.core.contract import (
     ACTIONS,
     CONTROL_CHARS_JAVA,
@@ -50,10 +50,11 @@ from cluster.core.contract import (
     TS_LOCAL,
     Dataset,
 )
-from cluster.core.errors import DataContractError, InvalidArgument, PlatformError
+from cluster.core.errors import DataContractError, PlatformError
 from cluster.core.privacy import HAS_ID_NUMBER_COLUMN, ID_NUMBER_COLUMN, PHONE_COLUMN, KeyRing, load_keyring
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
+from cluster.core.storage import open_lake
+from spark_jobs.context import JobContext, Progress
 
 __all__ = [
     "parse_timestamp",
@@ -70,7 +71,6 @@ __all__ = [
     "issue_fields",
     "needs_keys",
     "encrypt_column",
-    "new_run_id",
     "Delivery",
     "check_delivery",
     "main",
@@ -79,8 +79,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, float], None]
 
 #: Partition value of rows without a time value (users without ``signup_time``).
 UNKNOWN_DT = "__unknown__"
@@ -594,14 +592,6 @@ def quarantine_rows(resolved: DataFrame, source_file: str, line_offsets: dict[in
 # --- the job ---------------------------------------------------------------------------------
 
 
-def new_run_id() -> str:
-    """A sortable, unique run id such as ``20261125T150102Z-3fa9``."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-
-
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
 def _find_file(input_dir: Path, ds: Dataset) -> Path | None:
     found = [input_dir / n for n in ds.file_names() if (input_dir / n).is_file()]
     if len(found) > 1:
@@ -751,7 +741,7 @@ def main(
         input_dir: Local folder holding ``orders.csv`` and optionally ``users.csv``,
             ``events.jsonl``, ``impressions.csv`` (each may be gzipped).
         report_path: Also write the report JSON here (a local file).
-        run_id: Run id; default :func:`new_run_id`.
+        run_id: Run id; default :func:`cluster.core.catalog.new_run_id`.
         progress: Called as ``progress(step, fraction)`` with fraction in [0, 1].
 
     Returns:
@@ -766,60 +756,49 @@ def main(
         InvalidArgument: ``run_id`` is not a safe folder name.
         PlatformError: the per-file reconciliation does not add up (a bug, never bad data).
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
     started = datetime.now(timezone.utc)
-    run_id = run_id or new_run_id()
-    if not _RUN_ID.match(run_id):
-        raise InvalidArgument(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'", field="run_id")
+    ctx = JobContext.start(settings, "pmkt-ingest", run_id=run_id, progress=progress, lake=open_lake(settings))
     # Validate the whole folder before touching the lake: a bad header fails the run up front.
-    input_dir, plan, keyring = check_delivery(settings, input_dir)
-    source_tz = settings.ingest.source_timezone
+    delivery = check_delivery(settings, input_dir)
+    files = _ingest_files(ctx, delivery)
+    report = {
+        "run_id": ctx.run_id,
+        "input_dir": str(delivery.input_dir),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source_timezone": settings.ingest.source_timezone,
+        "files": files,
+        "totals": _totals(files),
+    }
+    ctx.step("writing report", 0.98)
+    INGEST_REPORTS.write_report(ctx.lake, ctx.run_id, report)
+    if report_path is not None:
+        out = Path(report_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    ctx.step("done", 1.0)
+    return report
 
-    lake = open_lake(settings)
-    spark = get_spark(settings, "pmkt-ingest")
+
+def _ingest_files(ctx: JobContext, delivery: Delivery) -> dict[str, dict]:
+    """Classify, write and reconcile every delivered file: the report's ``files``, by dataset."""
     files: dict[str, dict] = {}
     cached: list[DataFrame] = []
-    users: DataFrame | None = None
     staged: list[str] = []
+    users: DataFrame | None = None
     try:
-        for i, (ds, path, header, header_line) in enumerate(plan):
+        for i, (ds, path, header, header_line) in enumerate(delivery.plan):
             if path is None:
-                log.info("ingest %s: no %s in %s, skipped", ds.name, ds.file_names()[0], input_dir)
+                log.info("ingest %s: no %s in %s, skipped", ds.name, ds.file_names()[0], delivery.input_dir)
                 files[ds.name] = _skipped(ds.name)
                 continue
-            step(f"{ds.name}: classifying {path.name}", i / len(plan))
+            ctx.step(f"{ds.name}: classifying {path.name}", i / len(delivery.plan))
             if _has_personal_data(ds):
                 staged.append(path.name)  # before staging: a half-copied file is removed too
-            lines = spark.read.text(lake.stage_input(path, run_id))
-            resolved = resolve_duplicates(classify(parse_lines(lines, ds, header), ds, source_tz, keyring), ds)
-            if ds.name == "orders":
-                known = None if users is None else users.where(F.col("_status") == "accepted").select("user_id")
-                resolved = flag_unknown_users(resolved, known)
-            resolved = resolved.cache()
+            resolved = _resolve(ctx, ds, path, header, delivery.keyring, users).cache()
             cached.append(resolved)
-            entry, offsets = _file_entry(ds, path, reconcile(resolved, ds, header_line).collect(), header_line)
-            if ds.name == "orders" and users is None:
-                entry["unknown_users"] = None  # not judged without a users file
-            step(f"{ds.name}: writing", (i + 0.6) / len(plan))
-            if entry["accepted"]:
-                raw = raw_rows(resolved, ds, run_id).repartition("dt")  # one file per day
-                raw.write.mode("overwrite").partitionBy("dt").parquet(lake.uri(Zone.RAW, ds.name))
-                entry["raw_path"] = f"{Zone.RAW.value}/{ds.name}"
-            if entry["quarantined"]:
-                rel = f"{ds.name}/run={run_id}"
-                quarantined = quarantine_rows(resolved, str(path), offsets).repartition(1)
-                quarantined.sortWithinPartitions("line_number").write.mode("overwrite").parquet(
-                    lake.uri(Zone.QUARANTINE, rel)
-                )
-                entry["quarantine_path"] = f"{Zone.QUARANTINE.value}/{rel}"
-            files[ds.name] = entry
-            log.info(
-                "ingest %s: %d read, %d accepted, %d quarantined, %d duplicates dropped",
-                ds.name, entry["rows_read"], entry["accepted"], sum(entry["quarantined"].values()),
-                entry["duplicates_dropped"],
-            )
+            files[ds.name] = _write_file(ctx, ds, path, resolved, header_line, users_delivered=users is not None,
+                                         fraction=(i + 0.6) / len(delivery.plan))
             if ds.name == "users":
                 users = resolved  # stays cached for the orders' unknown-user check
             else:
@@ -830,27 +809,48 @@ def main(
         # A distributed lake staged the delivered file in landing/<run_id>/: the clear phone and ID
         # numbers of a users file must not outlive the run there (on success or failure).
         for name in staged:
-            if lake.exists(Zone.LANDING, run_id, name):
-                lake.delete(Zone.LANDING, run_id, name)
+            if LANDING.exists(ctx.lake, ctx.run_id, name):
+                LANDING.delete(ctx.lake, ctx.run_id, name)
+    return files
 
-    report = {
-        "run_id": run_id,
-        "input_dir": str(input_dir),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source_timezone": source_tz,
-        "files": files,
-        "totals": _totals(files),
-    }
-    step("writing report", 0.98)
-    lake.write_json(report, Zone.REPORTS, "ingest", f"{run_id}.json")
-    lake.write_json(report, Zone.REPORTS, "ingest", "latest.json")
-    if report_path is not None:
-        out = Path(report_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    step("done", 1.0)
-    return report
+
+def _resolve(ctx: JobContext, ds: Dataset, path: Path, header: list[str] | None, keyring: KeyRing | None,
+             users: DataFrame | None) -> DataFrame:
+    """One delivered file's lines, classified and de-duplicated (orders: unknown users flagged)."""
+    lines = ctx.spark.read.text(ctx.lake.stage_input(path, ctx.run_id))
+    classified = classify(parse_lines(lines, ds, header), ds, ctx.settings.ingest.source_timezone, keyring)
+    resolved = resolve_duplicates(classified, ds)
+    if ds.name == "orders":
+        known = None if users is None else users.where(F.col("_status") == "accepted").select("user_id")
+        resolved = flag_unknown_users(resolved, known)
+    return resolved
+
+
+def _write_file(ctx: JobContext, ds: Dataset, path: Path, resolved: DataFrame, header_line: str | None, *,
+                users_delivered: bool, fraction: float) -> dict:
+    """Reconcile one file, write its accepted rows to the raw zone and its rejected ones to the
+    quarantine; returns its report entry."""
+    entry, offsets = _file_entry(ds, path, reconcile(resolved, ds, header_line).collect(), header_line)
+    if ds.name == "orders" and not users_delivered:
+        entry["unknown_users"] = None  # not judged without a users file
+    ctx.step(f"{ds.name}: writing", fraction)
+    if entry["accepted"]:
+        raw = raw_rows(resolved, ds, ctx.run_id).repartition("dt")  # one file per day
+        raw.write.mode("overwrite").partitionBy("dt").parquet(RAW[ds.name].uri(ctx.lake))
+        entry["raw_path"] = RAW[ds.name].rel()
+    if entry["quarantined"]:
+        run = Table.run_folder(ctx.run_id)
+        quarantined = quarantine_rows(resolved, str(path), offsets).repartition(1)
+        quarantined.sortWithinPartitions("line_number").write.mode("overwrite").parquet(
+            QUARANTINE.uri(ctx.lake, ds.name, run)
+        )
+        entry["quarantine_path"] = QUARANTINE.rel(ds.name, run)
+    log.info(
+        "ingest %s: %d read, %d accepted, %d quarantined, %d duplicates dropped",
+        ds.name, entry["rows_read"], entry["accepted"], sum(entry["quarantined"].values()),
+        entry["duplicates_dropped"],
+    )
+    return entry
 
 
 def _file_entry(ds: Dataset, path: Path, counts: list, header_line: str | None) -> tuple[dict, dict[int, int]]:

@@ -18,24 +18,21 @@ orders still gets a profile (attributes empty). Cells are documented in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from datetime import date, datetime, timezone
 
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import CLV, CTR_USERS, PROFILE_REPORTS, RFM
 from cluster.core.errors import FailedPrecondition
 from cluster.core.feature_io import CTR_USER_CELLS
 from cluster.core.privacy import age_band_column
 from cluster.core.settings import Settings
-from cluster.core.storage import Lake, Zone, open_lake, open_profile_store
-from spark_jobs.common import exclude_forgotten
-from spark_jobs.rfm import new_run_id
+from spark_jobs.context import JobContext, Progress
 
 __all__ = ["build_profiles", "main", "ATTRIBUTE_COLUMNS", "EXTRA_FEATURES"]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 #: users column -> profile cell.
 ATTRIBUTE_COLUMNS = {
@@ -52,21 +49,16 @@ ATTRIBUTE_COLUMNS = {
 RFM_CELLS = {"recency_days": "f:rfm_recency_days", "frequency": "f:rfm_frequency", "monetary": "f:rfm_monetary"}
 #: Other feature builds joined when their latest table exists: feature folder -> {column: cell}.
 EXTRA_FEATURES: dict[str, dict[str, str]] = {
-    "clv": {"clv_historic": "m:clv_historic", "clv_predicted": "m:clv_predicted", "p_alive": "m:p_alive",
+    CLV.path: {"clv_historic": "m:clv_historic", "clv_predicted": "m:clv_predicted", "p_alive": "m:p_alive",
             "expected_purchases": "m:expected_purchases"},
     # the CTR model's user inputs as of the training tables' cut-off, computed by the code that
     # builds the CTR training rows (spark_jobs.training_tables.ctr_user_inputs)
-    "ctr_users": dict(CTR_USER_CELLS),
+    CTR_USERS.path: dict(CTR_USER_CELLS),
 }
+_EXTRA_TABLES = (CLV, CTR_USERS)
 
 
 _NOTHING_TO_BUILD = "nothing to build profiles from: run `pmkt ingest DIR` (users) or `pmkt features rfm` first"
-
-
-def _latest(lake: Lake, feature: str) -> dict | None:
-    if not lake.exists(Zone.FEATURES, feature, "latest.json"):
-        return None
-    return lake.read_json(Zone.FEATURES, feature, "latest.json")
 
 
 def build_profiles(users: DataFrame | None, rfm: DataFrame | None, as_of: date,
@@ -108,23 +100,18 @@ def build_profiles(users: DataFrame | None, rfm: DataFrame | None, as_of: date,
     return out
 
 
-def _store_writer(settings: Settings, built_at: str) -> Callable[[Iterator[Row]], None]:
-    def write_partition(rows: Iterator[Row]) -> None:
-        store = open_profile_store(settings)
-        try:
-            def cells() -> Iterator[tuple[str, dict]]:
-                for row in rows:
-                    d = row.asDict()
-                    uid = d.pop("user_id")
-                    values = {k: v for k, v in d.items() if v is not None}
-                    values["f:profile_built_at"] = built_at
-                    yield uid, values
+def _cells(row: Row) -> dict:
+    return {k: v for k, v in row.asDict().items() if k != "user_id" and v is not None}
 
-            store.write_batch(cells())  # batched mutations (profile_store.batch_size rows each)
-        finally:
-            store.close()
 
-    return write_partition
+def _read_sources(ctx: JobContext) -> tuple[DataFrame | None, dict | None, DataFrame | None, dict[str, DataFrame]]:
+    """Raw users, the latest RFM run (metadata and table, with ``as_of``) and the other latest feature tables."""
+    users = ctx.read_raw("users") if ctx.has_raw("users") else None
+    rfm_meta, rfm = ctx.read_latest(RFM) or (None, None)
+    if rfm is not None and "as_of" not in rfm.columns:
+        rfm = rfm.withColumn("as_of", F.lit(rfm_meta["as_of"]))
+    extras = {t.path: latest[1] for t in _EXTRA_TABLES if (latest := ctx.read_latest(t)) is not None}
+    return users, rfm_meta, rfm, extras
 
 
 def main(settings: Settings, *, as_of: date | None = None, run_id: str | None = None,
@@ -134,39 +121,24 @@ def main(settings: Settings, *, as_of: date | None = None, run_id: str | None = 
     Raises:
         FailedPrecondition: neither users nor RFM features exist yet.
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    if not lake.exists(Zone.RAW, "users") and not any(_latest(lake, n) for n in ("rfm", *EXTRA_FEATURES)):
+    ctx = JobContext.start(settings, "pmkt-profiles", run_id=run_id, progress=progress)
+    if not ctx.has_raw("users") and not any(t.latest(ctx.lake) for t in (RFM, *_EXTRA_TABLES)):
         # build_profiles would say so too, but only after a minute of Spark start-up
         raise FailedPrecondition(_NOTHING_TO_BUILD)
-    spark = get_spark(settings, "pmkt-profiles")
-    run_id = run_id or new_run_id()
-    step("reading users and features", 0.0)
-    users = spark.read.parquet(lake.uri(Zone.RAW, "users")) if lake.exists(Zone.RAW, "users") else None
-    rfm_meta = _latest(lake, "rfm")
-    rfm = spark.read.parquet(lake.uri(rfm_meta["path"])) if rfm_meta else None
-    if rfm is not None and "as_of" not in rfm.columns:
-        rfm = rfm.withColumn("as_of", F.lit(rfm_meta["as_of"]))
-    extras = {}
-    for name in EXTRA_FEATURES:
-        meta = _latest(lake, name)
-        if meta and meta.get("path"):
-            extras[name] = spark.read.parquet(lake.uri(meta["path"]))
+    ctx.step("reading users and features", 0.0)
+    users, rfm_meta, rfm, extras = _read_sources(ctx)
     as_of = as_of or (date.fromisoformat(rfm_meta["as_of"]) if rfm_meta else datetime.now(timezone.utc).date())
-    profiles = build_profiles(users, rfm, as_of, extras)
-    profiles = exclude_forgotten(profiles, lake).cache()
+    profiles = ctx.exclude_forgotten(build_profiles(users, rfm, as_of, extras)).cache()
     total = profiles.count()
-    step(f"writing {total:,} profiles", 0.4)
+    ctx.step(f"writing {total:,} profiles", 0.4)
     built_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    profiles.foreachPartition(_store_writer(settings, built_at))
+    ctx.write_profiles(profiles, _cells, {"f:profile_built_at": built_at})
     profiles.unpersist()
-    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "profiles": total, "built_at": built_at,
-            "sources": {"users": users is not None, "rfm": rfm_meta["run_id"] if rfm_meta else None,
-                        **{k: True for k in extras}}}
-    lake.write_json(meta, Zone.REPORTS, "profiles", f"{run_id}.json")
-    lake.write_json(meta, Zone.REPORTS, "profiles", "latest.json")
-    step("done", 1.0)
-    log.info("profiles run %s: %d profiles", run_id, total)
+    meta = PROFILE_REPORTS.write_report(ctx.lake, ctx.run_id, {
+        "run_id": ctx.run_id, "as_of": as_of.isoformat(), "profiles": total, "built_at": built_at,
+        "sources": {"users": users is not None, "rfm": rfm_meta["run_id"] if rfm_meta else None,
+                    **{k: True for k in extras}},
+    })
+    ctx.step("done", 1.0)
+    log.info("profiles run %s: %d profiles", ctx.run_id, total)
     return meta

@@ -1,25 +1,26 @@
 """RFM features per user: recency (days), frequency (paid orders), monetary (CNY), and the
 consumption level: a tag from the average monthly spend, in configurable bands.
 
-``rfm`` and ``consumption_level`` are pure transforms; ``main`` reads the lake's raw orders,
-writes the feature table to ``features/rfm/run=<run_id>/`` and the values to the profile store.
+``rfm`` (shared with the cleaning job, so it lives in :mod:`spark_jobs.transforms`) and
+``consumption_level`` are pure transforms; ``main`` reads the lake's raw orders, writes the
+feature table to ``features/rfm/run=<run_id>/`` and the values to the profile store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cluster.core.errors import FailedPrecondition
+from cluster.core.catalog import RFM
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake, open_profile_store
-from spark_jobs.common import exclude_forgotten
+from spark_jobs.context import JobContext, Progress, column_cells
+from spark_jobs.transforms import default_as_of, rfm
 
-__all__ = ["rfm", "consumption_level", "default_as_of", "main", "RFM_COLUMNS", "new_run_id", "DAYS_PER_MONTH"]
+__all__ = ["consumption_level", "main", "RFM_COLUMNS", "DAYS_PER_MONTH"]
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +37,8 @@ RFM_COLUMNS = {
 #: Mean days per month of the Gregorian calendar (365.2425 / 12).
 DAYS_PER_MONTH = 30.436875
 
-Progress = Callable[[str, float], None]
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id such as ``20261125T150102Z-3fa9``."""
-    import secrets
-
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-
-
-def rfm(orders: DataFrame, as_of: date) -> DataFrame:
-    """Recency, frequency and monetary value per user over paid orders before ``as_of``.
-
-    Args:
-        orders: Raw-zone orders (``user_id``, ``order_id``, ``order_time`` as UTC timestamp,
-            ``amount``, ``status``).
-        as_of: The day features are computed for; orders on or after it are ignored.
-
-    Returns:
-        One row per user with at least one paid order: ``user_id``, ``recency_days``
-        (days from the last paid order's UTC date to ``as_of``, >= 1), ``frequency``
-        (distinct paid orders), ``monetary`` (sum of paid amounts, 2 decimals),
-        ``last_order_time``.
-    """
-    cutoff = datetime.combine(as_of, datetime.min.time())
-    paid = orders.where((F.col("status") == "paid") & (F.col("order_time") < F.lit(cutoff)))
-    return (
-        paid.groupBy("user_id")
-        .agg(
-            F.max("order_time").alias("last_order_time"),
-            F.countDistinct("order_id").cast("int").alias("frequency"),
-            F.round(F.sum("amount"), 2).alias("monetary"),
-        )
-        .withColumn("recency_days", F.datediff(F.lit(as_of), F.to_date("last_order_time")).cast("int"))
-        .select("user_id", "recency_days", "frequency", "monetary", "last_order_time")
-    )
-
+_cells = column_cells(RFM_COLUMNS, {"recency_days": int, "frequency": int, "monetary": float,
+                                    "avg_monthly_spend": float, "consumption_level": str})
 
 def consumption_level(orders: DataFrame, as_of: date, months: int, bands: Mapping[str, float]) -> DataFrame:
     """Average monthly spend and its band per user with a paid order before ``as_of``.
@@ -103,43 +69,6 @@ def consumption_level(orders: DataFrame, as_of: date, months: int, bands: Mappin
     return spend.withColumn("consumption_level", level)
 
 
-def default_as_of(orders: DataFrame) -> date:
-    """The day after the last order in the data: a deterministic as-of date for a batch.
-
-    Raises:
-        FailedPrecondition: there are no orders.
-    """
-    last = orders.agg(F.max("order_time")).first()[0]
-    if last is None:
-        raise FailedPrecondition("the raw zone has no orders: run `pmkt ingest` first")
-    return last.date() + timedelta(days=1)
-
-
-def _store_writer(settings: Settings, as_of: str, run_id: str) -> Callable[[Iterator[Row]], None]:
-    def write_partition(rows: Iterator[Row]) -> None:
-        store = open_profile_store(settings)
-        try:
-            store.write_batch(
-                (
-                    r.user_id,
-                    {
-                        RFM_COLUMNS["recency_days"]: int(r.recency_days),
-                        RFM_COLUMNS["frequency"]: int(r.frequency),
-                        RFM_COLUMNS["monetary"]: float(r.monetary),
-                        RFM_COLUMNS["as_of"]: as_of,
-                        RFM_COLUMNS["run_id"]: run_id,
-                        RFM_COLUMNS["avg_monthly_spend"]: float(r.avg_monthly_spend),
-                        RFM_COLUMNS["consumption_level"]: r.consumption_level,
-                    },
-                )
-                for r in rows
-            )
-        finally:
-            store.close()
-
-    return write_partition
-
-
 def main(
     settings: Settings,
     as_of: date | None = None,
@@ -154,37 +83,26 @@ def main(
     Raises:
         FailedPrecondition: no orders have been ingested yet.
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    if not lake.exists(Zone.RAW, "orders"):
-        raise FailedPrecondition("the raw zone has no orders: run `pmkt ingest DIR` first")
-    spark = get_spark(settings, "pmkt-rfm")
-    run_id = run_id or new_run_id()
-    step("reading orders", 0.0)
-    # Users who asked to be forgotten stay out of every build.
-    orders = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "orders")), lake)
+    ctx = JobContext.start(settings, "pmkt-rfm", run_id=run_id, progress=progress)
+    ctx.require_raw("orders")
+    ctx.step("reading orders", 0.0)
+    orders = ctx.read_raw("orders")
     as_of = as_of or default_as_of(orders)
-    step("computing RFM", 0.2)
+    ctx.step("computing RFM", 0.2)
     t = settings.tags
     features = rfm(orders, as_of).join(consumption_level(orders, as_of, t.consumption_months, t.consumption_bands),
                                        "user_id").cache()
-    rel = f"rfm/run={run_id}"
-    features.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
+    path = ctx.write_run(RFM, features)
     users = features.count()
-    step("writing profiles", 0.6)
-    features.select("user_id", "recency_days", "frequency", "monetary", "avg_monthly_spend",
-                    "consumption_level").foreachPartition(
-        _store_writer(settings, as_of.isoformat(), run_id)
-    )
-    features.unpersist()
+    ctx.step("writing profiles", 0.6)
+    ctx.write_profiles(features, _cells, {RFM_COLUMNS["as_of"]: as_of.isoformat(), RFM_COLUMNS["run_id"]: ctx.run_id})
     levels = {r.consumption_level: r["count"] for r in features.groupBy("consumption_level").count().collect()}
-    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "users": users, "path": f"{Zone.FEATURES.value}/{rel}",
-            "consumption_levels": {k: levels.get(k, 0) for k in t.consumption_bands},
-            "consumption_months": t.consumption_months}
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "rfm", "latest.json")
-    step("done", 1.0)
-    log.info("RFM run %s: %d users as of %s", run_id, users, as_of)
+    features.unpersist()
+    meta = ctx.publish(RFM, {
+        "run_id": ctx.run_id, "as_of": as_of.isoformat(), "users": users, "path": path,
+        "consumption_levels": {k: levels.get(k, 0) for k in t.consumption_bands},
+        "consumption_months": t.consumption_months,
+    })
+    ctx.step("done", 1.0)
+    log.info("RFM run %s: %d users as of %s", ctx.run_id, users, as_of)
     return meta

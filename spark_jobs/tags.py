@@ -58,27 +58,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from cluster.core.errors import FailedPrecondition
+from cluster.core.catalog import INTERACTIONS, TAG_WEIGHTS, TAGS
 from cluster.core.feature_io import (  # re-exported (Spark-free)
     Interactions,
     load_interactions,
 )
 from cluster.core.settings import Settings
-from cluster.core.storage import Lake, Zone, open_lake, open_profile_store
-from spark_jobs.common import exclude_forgotten, read_events
-from spark_jobs.rfm import default_as_of, new_run_id
-
-if TYPE_CHECKING:
-    pass
+from spark_jobs.context import JobContext, Progress
+from spark_jobs.transforms import default_as_of
 
 __all__ = [
     "ACTION_WEIGHTS",
@@ -98,6 +93,7 @@ __all__ = [
     "tag_records",
     "tfidf",
     "top_tags",
+    "user_tags",
     "interactions",
     "index_interactions",
     "load_interactions",
@@ -105,8 +101,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, float], None]
 
 #: Pseudo-action of a paid order line in the behaviour records.
 ORDER_ACTION = "order"
@@ -434,6 +428,30 @@ def top_tags(weights: DataFrame, k: int = 10) -> DataFrame:
     )
 
 
+def user_tags(
+    events: DataFrame,
+    orders: DataFrame,
+    as_of: date,
+    weights_df: DataFrame,
+    *,
+    tfidf_top_k: int = 10,
+    **tag_options,
+) -> DataFrame:
+    """The tags table: :func:`behaviour_tags` with each user's :func:`top_tags` (``tfidf_top``, empty
+    for a user without tag weights).
+
+    Args:
+        weights_df: Output of :func:`tfidf`.
+        tfidf_top_k: Tags kept per user in ``tfidf_top``.
+        tag_options: Keyword arguments of :func:`behaviour_tags`.
+    """
+    return (
+        behaviour_tags(events, orders, as_of, **tag_options)
+        .join(top_tags(weights_df, tfidf_top_k), "user_id", "left")
+        .withColumn("tfidf_top", F.coalesce("tfidf_top", F.array().cast("array<struct<tag:string,weight:double>>")))
+    )
+
+
 def interactions(events: DataFrame, orders: DataFrame, as_of: date,
                  values: Mapping[str, int] = INTERACTION_VALUES) -> DataFrame:
     """The user-item interaction strength before ``as_of``, in sparse form.
@@ -490,39 +508,32 @@ def _pairs(items: list[Row] | None, name: str, score: str) -> str:
     return json.dumps([[r[name], round(float(r[score]), 4)] for r in items or []], ensure_ascii=False)
 
 
-def _store_writer(settings: Settings, as_of: str, run_id: str) -> Callable[[Iterator[Row]], None]:
-    def write_partition(rows: Iterator[Row]) -> None:
-        store = open_profile_store(settings)
-        try:
-            store.write_batch(
-                (
-                    r.user_id,
-                    {
-                        TAG_COLUMNS["top_categories"]: _pairs(r.top_categories, "name", "score"),
-                        TAG_COLUMNS["top_brands"]: _pairs(r.top_brands, "name", "score"),
-                        TAG_COLUMNS["last_viewed_categories"]: json.dumps(
-                            list(r.last_viewed_categories), ensure_ascii=False
-                        ),
-                        TAG_COLUMNS["cart_abandons_7d"]: int(r.cart_abandons_7d),
-                        TAG_COLUMNS["purchases_by_category"]: json.dumps(
-                            dict(sorted(r.purchases_by_category.items())), ensure_ascii=False
-                        ),
-                        TAG_COLUMNS["tfidf_top"]: _pairs(r.tfidf_top, "tag", "weight"),
-                        TAG_COLUMNS["as_of"]: as_of,
-                        TAG_COLUMNS["run_id"]: run_id,
-                    },
-                )
-                for r in rows
-            )
-        finally:
-            store.close()
-
-    return write_partition
+def _cells(r: Row) -> dict:
+    return {
+        TAG_COLUMNS["top_categories"]: _pairs(r.top_categories, "name", "score"),
+        TAG_COLUMNS["top_brands"]: _pairs(r.top_brands, "name", "score"),
+        TAG_COLUMNS["last_viewed_categories"]: json.dumps(list(r.last_viewed_categories), ensure_ascii=False),
+        TAG_COLUMNS["cart_abandons_7d"]: int(r.cart_abandons_7d),
+        TAG_COLUMNS["purchases_by_category"]: json.dumps(
+            dict(sorted(r.purchases_by_category.items())), ensure_ascii=False
+        ),
+        TAG_COLUMNS["tfidf_top"]: _pairs(r.tfidf_top, "tag", "weight"),
+    }
 
 
-def _publish(lake: Lake, name: str, rel: str, meta: dict) -> None:
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, name, "latest.json")
+def _write_interactions(ctx: JobContext, entries: DataFrame, base: dict) -> dict:
+    """Index the interactions, write the matrix and both indexes; returns the metadata to publish."""
+    matrix, user_index, item_index = index_interactions(entries)
+    user_index, item_index = user_index.cache(), item_index.cache()
+    ctx.write_run(INTERACTIONS, user_index, "users")
+    ctx.write_run(INTERACTIONS, item_index, "items")
+    path = ctx.write_run(INTERACTIONS, matrix, "matrix")
+    n_users, n_items = user_index.count(), item_index.count()
+    nonzero = ctx.read_run(INTERACTIONS, "matrix").count()
+    user_index.unpersist()
+    item_index.unpersist()
+    return {**base, "users": n_users, "items": n_items, "nonzero": nonzero, "path": path,
+            "values": dict(INTERACTION_VALUES)}
 
 
 def main(
@@ -543,8 +554,8 @@ def main(
     Args:
         settings: Platform settings (lake, Spark, profile store).
         as_of: The day features are computed for; by default the day after the last order
-            (:func:`spark_jobs.rfm.default_as_of`, so RFM and tags of one batch agree).
-        run_id: Run id; default :func:`spark_jobs.rfm.new_run_id`.
+            (:func:`spark_jobs.transforms.default_as_of`, so RFM and tags of one batch agree).
+        run_id: Run id; default :func:`cluster.core.catalog.new_run_id`.
         progress: Called as ``progress(step, fraction)`` with fraction in [0, 1].
         top_k: Categories and brands kept per user.
         last_viewed: Last-viewed categories kept per user.
@@ -560,71 +571,36 @@ def main(
     Raises:
         FailedPrecondition: no orders have been ingested yet.
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    if not lake.exists(Zone.RAW, "orders"):
-        raise FailedPrecondition("the raw zone has no orders: run `pmkt ingest DIR` first")
-    spark = get_spark(settings, "pmkt-tags")
-    run_id = run_id or new_run_id()
-    step("reading orders and events", 0.0)
-    # Users who asked to be forgotten stay out of every build.
-    orders = exclude_forgotten(spark.read.parquet(lake.uri(Zone.RAW, "orders")), lake)
-    events = read_events(spark, lake)  # delivered and real-time events
-    if events is None:  # events are optional in a delivery: tags then come from orders alone
-        log.info("tags: the raw zone has no events; using orders only")
-        events = spark.createDataFrame([], EVENT_COLUMNS)
+    ctx = JobContext.start(settings, "pmkt-tags", run_id=run_id, progress=progress)
+    ctx.require_raw("orders")
+    ctx.step("reading orders and events", 0.0)
+    # Events are optional in a delivery: tags then come from orders alone.
+    orders, events = ctx.read_raw("orders"), ctx.read_events(empty_schema=EVENT_COLUMNS)
     as_of = as_of or default_as_of(orders)
-    window = timedelta(hours=abandon_window_hours)
-
-    step("computing TF-IDF weights", 0.1)
-    weights_df = tfidf(
-        tag_records(behaviour(events, orders, as_of)), as_of=as_of, half_life_days=half_life_days
-    ).cache()
-    paths = {name: f"{Zone.FEATURES.value}/{name}/run={run_id}" for name in ("tags", "tag_weights", "interactions")}
-    weights_df.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, f"tag_weights/run={run_id}"))
-    n_weights = weights_df.count()
-
-    step("computing behaviour tags", 0.3)
-    tags = (
-        behaviour_tags(events, orders, as_of, top_k=top_k, last_viewed=last_viewed, abandon_window=window,
-                       weights=weights)
-        .join(top_tags(weights_df, tfidf_top_k), "user_id", "left")
-        .withColumn("tfidf_top", F.coalesce("tfidf_top", F.array().cast("array<struct<tag:string,weight:double>>")))
-        .cache()
-    )
-    tags.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, f"tags/run={run_id}"))
-    users = tags.count()
-    weights_df.unpersist()
-
-    step("building the interaction matrix", 0.5)
-    matrix, user_index, item_index = index_interactions(interactions(events, orders, as_of))
-    user_index, item_index = user_index.cache(), item_index.cache()
-    rel = f"interactions/run={run_id}"
-    user_index.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel, "users"))
-    item_index.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel, "items"))
-    matrix.write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel, "matrix"))
-    n_users, n_items = user_index.count(), item_index.count()
-    nonzero = spark.read.parquet(lake.uri(Zone.FEATURES, rel, "matrix")).count()
-    user_index.unpersist()
-    item_index.unpersist()
-
-    step("writing profiles", 0.7)
-    tags.foreachPartition(_store_writer(settings, as_of.isoformat(), run_id))
-    tags.unpersist()
-
-    base = {"run_id": run_id, "as_of": as_of.isoformat()}
+    base = {"run_id": ctx.run_id, "as_of": as_of.isoformat()}
+    ctx.step("computing TF-IDF weights", 0.1)
+    records = tag_records(behaviour(events, orders, as_of))
+    weights_df = tfidf(records, as_of=as_of, half_life_days=half_life_days).cache()
+    weights_path = ctx.write_run(TAG_WEIGHTS, weights_df)
+    weights_meta = {**base, "rows": weights_df.count(), "path": weights_path, "half_life_days": half_life_days}
+    ctx.step("computing behaviour tags", 0.3)
+    tags = user_tags(events, orders, as_of, weights_df, top_k=top_k, last_viewed=last_viewed, tfidf_top_k=tfidf_top_k,
+                     abandon_window=timedelta(hours=abandon_window_hours), weights=weights).cache()
     params = {"top_k": top_k, "last_viewed": last_viewed, "abandon_window_hours": abandon_window_hours,
               "tfidf_top_k": tfidf_top_k, "half_life_days": half_life_days, "weights": dict(weights)}
-    _publish(lake, "tag_weights", f"tag_weights/run={run_id}",
-             {**base, "rows": n_weights, "path": paths["tag_weights"], "half_life_days": half_life_days})
-    _publish(lake, "interactions", rel,
-             {**base, "users": n_users, "items": n_items, "nonzero": nonzero, "path": paths["interactions"],
-              "values": dict(INTERACTION_VALUES)})
-    _publish(lake, "tags", f"tags/run={run_id}", {**base, "users": users, "path": paths["tags"], "params": params})
-    step("done", 1.0)
-    log.info("tags run %s: %d users, %d tag weights, %d interactions as of %s", run_id, users, n_weights, nonzero,
-             as_of)
-    return {**base, "users": users, "tag_weights": n_weights, "items": n_items, "interactions": nonzero,
-            "paths": paths}
+    tags_path = ctx.write_run(TAGS, tags)
+    tags_meta = {**base, "users": tags.count(), "path": tags_path, "params": params}
+    weights_df.unpersist()
+    ctx.step("building the interaction matrix", 0.5)
+    matrix_meta = _write_interactions(ctx, interactions(events, orders, as_of), base)
+    ctx.step("writing profiles", 0.7)
+    ctx.write_profiles(tags, _cells, {TAG_COLUMNS["as_of"]: base["as_of"], TAG_COLUMNS["run_id"]: ctx.run_id})
+    tags.unpersist()
+    for table, meta in ((TAG_WEIGHTS, weights_meta), (INTERACTIONS, matrix_meta), (TAGS, tags_meta)):
+        ctx.publish(table, meta)
+    ctx.step("done", 1.0)
+    log.info("tags run %s: %d users, %d tag weights, %d interactions as of %s", ctx.run_id, tags_meta["users"],
+             weights_meta["rows"], matrix_meta["nonzero"], as_of)
+    paths = {TAGS.path: tags_path, TAG_WEIGHTS.path: weights_path, INTERACTIONS.path: matrix_meta["path"]}
+    return {**base, "users": tags_meta["users"], "tag_weights": weights_meta["rows"], "items": matrix_meta["items"],
+            "interactions": matrix_meta["nonzero"], "paths": paths}

@@ -21,13 +21,14 @@ scikit-learn; it needs neither Spark nor a JVM.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from cluster.core.catalog import CHURN, CTR_TRAIN, CTR_USERS, FEATURE_SPEC
 from cluster.core.errors import FailedPrecondition, InvalidArgument
 from cluster.core.feature_io import (  # re-exported: the Spark-free half of this module's API
     AGE_EDGES,
@@ -45,12 +46,7 @@ from cluster.core.feature_io import (  # re-exported: the Spark-free half of thi
     load_ctr_matrix,
 )
 from cluster.core.settings import Settings
-from cluster.core.storage import Lake, Zone, open_lake
-from spark_jobs.common import read_events, read_raw, require_raw
-from spark_jobs.rfm import new_run_id
-
-if TYPE_CHECKING:
-    pass
+from spark_jobs.context import JobContext, Progress
 
 __all__ = [
     "AGE_EDGES",
@@ -80,8 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, float], None]
 
 #: Low-cardinality categorical inputs, one-hot encoded (vocabulary learnt on the train split).
 CTR_ONEHOT: tuple[str, ...] = (
@@ -139,7 +133,7 @@ def behaviour_as_of(keys: DataFrame, orders: DataFrame, events: DataFrame, lookb
 
     Only orders and events with a time before ``as_of_day`` 00:00 UTC are used, so an impression's
     features cannot see the impression's own day or anything later. For a single day the RFM part
-    equals :func:`spark_jobs.rfm.rfm` as of that day.
+    equals :func:`spark_jobs.transforms.rfm` as of that day.
 
     Args:
         keys: ``user_id``, ``as_of_day`` (date); duplicates are ignored.
@@ -600,16 +594,6 @@ def default_as_of(*frames: tuple[DataFrame, str]) -> date:
     return last.date() + timedelta(days=1)
 
 
-def _read_raw(spark, lake: Lake, name: str) -> DataFrame:
-    if name == "events":  # delivered and real-time events, forgotten users excluded
-        events = read_events(spark, lake)
-        return events if events is not None else spark.createDataFrame([], _EMPTY_SCHEMAS[name])
-    if not lake.exists(Zone.RAW, name):
-        log.info("raw zone has no %s: using an empty table", name)
-        return spark.createDataFrame([], _EMPTY_SCHEMAS[name])
-    return read_raw(spark, lake, name)  # users who asked to be forgotten stay out of every build
-
-
 def _rate(numerator: int, denominator: int) -> float | None:
     return round(numerator / denominator, 6) if denominator else None
 
@@ -651,42 +635,57 @@ def main(
     Raises:
         FailedPrecondition: no orders or no impressions have been ingested.
     """
-    from spark_jobs.session import get_spark
-
-    step = progress or (lambda _s, _f: None)
-    lake = open_lake(settings)
-    require_raw(lake, "orders", "impressions")
-    spark = get_spark(settings, "pmkt-training-tables")
-    run_id = run_id or new_run_id()
-    step("reading the raw zone", 0.0)
-    orders, impressions, users, events = (
-        _read_raw(spark, lake, name) for name in ("orders", "impressions", "users", "events")
-    )
+    ctx = JobContext.start(settings, "pmkt-training-tables", run_id=run_id, progress=progress)
+    ctx.require_raw("orders", "impressions")
+    ctx.step("reading the raw zone", 0.0)
+    # Users and events are optional in a delivery: without them, empty tables of their schema.
+    orders, impressions = ctx.read_raw("orders"), ctx.read_raw("impressions")
+    users = ctx.read_raw("users", empty_schema=_EMPTY_SCHEMAS["users"])
+    events = ctx.read_events(empty_schema=_EMPTY_SCHEMAS["events"])
     as_of = as_of or default_as_of((orders, "order_time"), (events, "ts"), (impressions, "ts"))
     cut = F.lit(datetime.combine(as_of, datetime.min.time()))
+    ctx.step("CTR rows", 0.1)
+    rows = ctr_rows(impressions.where(F.col("ts") < cut), users, orders, events, age_edges=age_edges,
+                    lookback_days=lookback_days).cache()
+    ctr_meta = _write_ctr_table(ctx, rows, as_of, test_fraction=test_fraction, hash_buckets=hash_buckets,
+                                min_count=min_count, lookback_days=lookback_days)
+    rows.unpersist()
+    ctx.step("CTR user inputs as of the cut-off", 0.6)
+    ctr_users_meta = _write_ctr_users(ctx, as_of, users, orders, events, impressions,
+                                      age_edges=age_edges, lookback_days=lookback_days)
+    ctx.step("churn table", 0.7)
+    churn = churn_table(users, orders, events, impressions, as_of, inactivity_days=inactivity_days,
+                        ctr_prior=ctr_prior, age_edges=age_edges)
+    churn_meta = _write_churn_table(ctx, churn, as_of, inactivity_days)
+    ctx.step("done", 1.0)
+    log.info(
+        "training tables run %s as of %s: %d impressions (CTR %.4f), %d users (censored %.3f)",
+        ctx.run_id, as_of, ctr_meta["rows"], ctr_meta["positive_rate"] or 0.0,
+        churn_meta["users"], churn_meta["censoring_rate"] or 0.0,
+    )
+    return {"run_id": ctx.run_id, "as_of": as_of.isoformat(), "ctr": ctr_meta, "churn": churn_meta,
+            "ctr_users": ctr_users_meta}
 
-    step("CTR rows", 0.1)
-    base = ctr_rows(
-        impressions.where(F.col("ts") < cut), users, orders, events, age_edges=age_edges, lookback_days=lookback_days
-    ).cache()
+
+def _write_ctr_table(ctx: JobContext, base: DataFrame, as_of: date, *, test_fraction: float, hash_buckets: int,
+                     min_count: int, lookback_days: int) -> dict:
+    """Split the CTR rows by time, learn the feature spec on the train split, write the vectors and
+    the spec, publish ``features/ctr_train``; returns its metadata."""
     rows, split_date = time_split(base, test_fraction)
-    step("CTR feature spec", 0.35)
+    ctx.step("CTR feature spec", 0.35)
     spec = fit_ctr_spec(rows.where(F.col("split") == "train"), hash_buckets, min_count)
-    step("writing the CTR table", 0.45)
-    ctr_rel = f"ctr_train/run={run_id}"
-    ctr_vectors(rows, spec).write.mode("overwrite").partitionBy("split").parquet(lake.uri(Zone.FEATURES, ctr_rel))
-    base.unpersist()
-    written = spark.read.parquet(lake.uri(Zone.FEATURES, ctr_rel))
-    counts = {r.split: (r.n, r.pos) for r in written.groupBy("split").agg(
+    ctx.step("writing the CTR table", 0.45)
+    path = ctx.write_run(CTR_TRAIN, ctr_vectors(rows, spec), partition_by=("split",))
+    counts = {r.split: (r.n, r.pos) for r in ctx.read_run(CTR_TRAIN).groupBy("split").agg(
         F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos")).collect()}
     n_train, pos_train = counts.get("train", (0, 0))
     n_test, pos_test = counts.get("test", (0, 0))
-    lake.write_json(spec, Zone.FEATURES, ctr_rel, "_feature_spec.json")
-    ctr_meta = {
-        "run_id": run_id,
+    CTR_TRAIN.write_json(ctx.lake, spec, CTR_TRAIN.run_folder(ctx.run_id), FEATURE_SPEC)
+    return ctx.publish(CTR_TRAIN, {
+        "run_id": ctx.run_id,
         "as_of": as_of.isoformat(),
-        "path": f"{Zone.FEATURES.value}/{ctr_rel}",
-        "spec_path": f"{Zone.FEATURES.value}/{ctr_rel}/_feature_spec.json",
+        "path": path,
+        "spec_path": CTR_TRAIN.run_rel(ctx.run_id, FEATURE_SPEC),
         "rows": n_train + n_test,
         "rows_train": n_train,
         "rows_test": n_test,
@@ -697,28 +696,20 @@ def main(
         "features": spec["size"],
         "hash_buckets": hash_buckets,
         "lookback_days": lookback_days,
-    }
-    lake.write_json(ctr_meta, Zone.FEATURES, ctr_rel, "_meta.json")
-    lake.write_json(ctr_meta, Zone.FEATURES, "ctr_train", "latest.json")
+    })
 
-    step("CTR user inputs as of the cut-off", 0.6)
-    ctr_users_meta = _write_ctr_users(lake, run_id, as_of, users, orders, events, impressions,
-                                      age_edges=age_edges, lookback_days=lookback_days)
 
-    step("churn table", 0.7)
-    churn_rel = f"churn/run={run_id}"
-    churn_table(
-        users, orders, events, impressions, as_of,
-        inactivity_days=inactivity_days, ctr_prior=ctr_prior, age_edges=age_edges,
-    ).write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, churn_rel))
-    stats = spark.read.parquet(lake.uri(Zone.FEATURES, churn_rel)).agg(
+def _write_churn_table(ctx: JobContext, churn: DataFrame, as_of: date, inactivity_days: int) -> dict:
+    """Write and publish ``features/churn``; returns its metadata."""
+    path = ctx.write_run(CHURN, churn)
+    stats = ctx.read_run(CHURN).agg(
         F.count(F.lit(1)).alias("n"), F.sum("churned").alias("churned"), F.min("duration_days").alias("min_d")
     ).first()
     n_users, n_churned = stats.n, stats.churned or 0
-    churn_meta = {
-        "run_id": run_id,
+    return ctx.publish(CHURN, {
+        "run_id": ctx.run_id,
         "as_of": as_of.isoformat(),
-        "path": f"{Zone.FEATURES.value}/{churn_rel}",
+        "path": path,
         "users": n_users,
         "churned": n_churned,
         "censored": n_users - n_churned,
@@ -726,22 +717,11 @@ def main(
         "censoring_rate": _rate(n_users - n_churned, n_users),
         "inactivity_days": inactivity_days,
         "min_duration_days": stats.min_d,
-    }
-    lake.write_json(churn_meta, Zone.FEATURES, churn_rel, "_meta.json")
-    lake.write_json(churn_meta, Zone.FEATURES, "churn", "latest.json")
-    step("done", 1.0)
-    log.info(
-        "training tables run %s as of %s: %d impressions (CTR %.4f), %d users (censored %.3f)",
-        run_id, as_of, ctr_meta["rows"], ctr_meta["positive_rate"] or 0.0,
-        n_users, churn_meta["censoring_rate"] or 0.0,
-    )
-    return {"run_id": run_id, "as_of": as_of.isoformat(), "ctr": ctr_meta, "churn": churn_meta,
-            "ctr_users": ctr_users_meta}
+    })
 
 
-def _write_ctr_users(lake: Lake, run_id: str, as_of: date, users: DataFrame, orders: DataFrame,
-                     events: DataFrame, impressions: DataFrame, *, age_edges: Sequence[int],
-                     lookback_days: int) -> dict:
+def _write_ctr_users(ctx: JobContext, as_of: date, users: DataFrame, orders: DataFrame, events: DataFrame,
+                     impressions: DataFrame, *, age_edges: Sequence[int], lookback_days: int) -> dict:
     """Write ``features/ctr_users``: every known user's CTR inputs as of ``as_of`` (for the profiles)."""
     cut = F.lit(datetime.combine(as_of, datetime.min.time()))
     known = (
@@ -752,12 +732,9 @@ def _write_ctr_users(lake: Lake, run_id: str, as_of: date, users: DataFrame, ord
         .distinct()
         .withColumn("as_of_day", F.lit(as_of))
     )
-    rel = f"ctr_users/run={run_id}"
-    ctr_user_inputs(known, users, orders, events, age_edges=age_edges, lookback_days=lookback_days).select(
+    inputs = ctr_user_inputs(known, users, orders, events, age_edges=age_edges, lookback_days=lookback_days).select(
         "user_id", *CTR_USER_INPUTS, F.col("as_of_day").cast("string").alias("as_of"),
-    ).write.mode("overwrite").parquet(lake.uri(Zone.FEATURES, rel))
-    meta = {"run_id": run_id, "as_of": as_of.isoformat(), "path": f"{Zone.FEATURES.value}/{rel}",
-            "lookback_days": lookback_days, "age_edges": list(age_edges)}
-    lake.write_json(meta, Zone.FEATURES, rel, "_meta.json")
-    lake.write_json(meta, Zone.FEATURES, "ctr_users", "latest.json")
-    return meta
+    )
+    return ctx.publish(CTR_USERS, {"run_id": ctx.run_id, "as_of": as_of.isoformat(),
+                                   "path": ctx.write_run(CTR_USERS, inputs),
+                                   "lookback_days": lookback_days, "age_edges": list(age_edges)})

@@ -1,5 +1,5 @@
-"""`pmkt audience | funnel | goal-gap | pricing ...`: the analytics of the lake and the registry
-from the command line, computed here (no server needed). Service answers print as JSON in the
+"""`pmkt audience | funnel | goal-gap | pricing ... | report`: the analytics of the lake and the
+registry from the command line, computed here (no server needed). Service answers print as JSON in the
 API's own shape; the same requests go over gRPC and HTTP through ``MarketingClient``."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
+from cluster.cli.context import CliContext, pass_ctx
 from cluster.cli.experiment import _print  # the API's JSON shape, as `pmkt experiment` prints it
+from cluster.cli.progress import console, progress_bar
 
-__all__ = ["audience_cmd", "funnel_cmd", "goal_gap_cmd", "pricing_group"]
+__all__ = ["audience_cmd", "funnel_cmd", "goal_gap_cmd", "pricing_group", "report_cmd"]
 
 
 @click.command("audience")
@@ -188,3 +190,23 @@ def pricing_discounts(c, category: str, budget: float, max_discount, margin_rate
         if value is not None:
             setattr(request, name, value)
     _print(_advisor(c.settings).propose(request))
+
+
+@click.command("report")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default: evaluation.report_dir/report.html).")
+@pass_ctx
+def report_cmd(c: CliContext, output: Path | None) -> None:
+    """One self-contained HTML file (inline plots, works offline): segments, the CTR model's ROC
+    and calibration, churn survival by segment, recommendation quality, ROI by channel, campaign
+    comparisons with intervals and the budget allocation. A section whose inputs are missing
+    says which command builds them."""
+    from ray_apps.evaluation.report import plot_count, write_report
+
+    with progress_bar("report") as progress:
+        path, sections = write_report(c.settings, output, progress=progress)
+    for s in sections:
+        if s.missing:
+            console.print(f"[yellow]{s.title}: not available[/yellow] ({s.missing})", highlight=False,
+                          soft_wrap=True)
+    console.print(f"report with {plot_count(sections)} plots written to {path}", highlight=False)

@@ -11,8 +11,10 @@ import statistics
 import time
 from pathlib import Path
 
+import click
 from rich.table import Table
 
+from cluster.cli.context import CliContext, pass_ctx
 from cluster.cli.demo_services import call_services
 from cluster.cli.memwatch import MemoryWatch
 from cluster.cli.progress import console, progress_bar
@@ -20,7 +22,7 @@ from cluster.cli.render import print_segments, print_services, print_tuned, serv
 from cluster.core.errors import FailedPrecondition, PlatformError
 from cluster.core.settings import Settings
 
-__all__ = ["run_demo", "call_api"]
+__all__ = ["demo_cmd", "run_demo", "call_api"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,30 @@ def call_api(settings: Settings, user_ids: list[str], rounds: int = 50) -> dict:
     return result
 
 
+@click.command("demo")
+@click.option("--input", "input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Run on this folder (in the data contract) instead of generated data.")
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(100, 800_000), help="Generated users.")
+@click.option("--days", default=180, show_default=True, type=click.IntRange(min=14), help="Generated days.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Generator seed.")
+@click.option("--smoke-test", is_flag=True, help="Small Tune search (three values of k).")
+@click.option("--keep-serving", is_flag=True, help="Leave the API up after the summary (Ctrl-C stops).")
+@pass_ctx
+def demo_cmd(c: CliContext, input_dir: Path | None, users: int, days: int, seed: int, smoke_test: bool,
+             keep_serving: bool) -> None:
+    """Run the whole chain once: generate, ingest, RFM, train segments, serve, call the API
+    over gRPC and HTTP, print a summary, shut down. Exits non-zero on any failure."""
+    if input_dir is not None:
+        from spark_jobs.ingest import check_delivery
+
+        # A broken folder fails here in seconds, before the chain loads every stage's code.
+        with progress_bar("ingest") as progress:
+            progress(f"checking {input_dir}", 0.0)
+            check_delivery(c.settings, input_dir)
+    run_demo(c.settings, input_dir=input_dir, users=users, days=days, seed=seed, smoke_test=smoke_test,
+             keep_serving=keep_serving)
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -155,9 +181,10 @@ def _tune_families(settings: Settings, smoke_test: bool, timed) -> dict:
 
 def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dict:
     from ray_apps.attributes.service import predict_and_store
+    from ray_apps.client import wait_for_model
     from ray_apps.evaluation.report import write_report
     from ray_apps.segments.train import train_segments
-    from ray_apps.serve.launcher import deploy, start_serving, wait_for_model
+    from ray_apps.serve.launcher import deploy, start_serving
     from spark_jobs import attributes, campaigns, clv, demand, funnels, ingest, profiles, rfm, tags, training_tables
     from spark_jobs.session import stop_spark
 
@@ -224,10 +251,11 @@ def _run_chain(settings, input_dir, users, days, seed, smoke_test, timed) -> dic
 
 def _top_category(settings: Settings) -> str | None:
     """The category with the most paid orders in the demand table (the pricing calls' example)."""
+    from cluster.core.catalog import DEMAND
     from cluster.core.feature_io import load_latest
     from cluster.core.storage import open_lake
 
-    table, _ = load_latest(open_lake(settings), "demand", ["category", "orders"])
+    table, _ = load_latest(open_lake(settings), DEMAND, ["category", "orders"])
     totals = table.groupby("category")["orders"].sum()
     return str(totals.idxmax()) if len(totals) else None
 
@@ -258,13 +286,14 @@ def _profile_and_events(settings: Settings, user_id: str):
 
 def _sample_ad(settings: Settings) -> dict:
     """One impression's ad columns from the CTR table, as a ScoreBatch candidate."""
-    from cluster.core.storage import Zone, open_lake
+    from cluster.core.catalog import CTR_TRAIN
+    from cluster.core.storage import open_lake
 
     cols = ["ad_id", "campaign_id", "channel", "ad_position", "device_type"]
     lake = open_lake(settings)
     try:
-        meta = lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")
-        row = lake.read_parquet(meta["path"], "split=test", columns=cols).iloc[0]
+        meta = CTR_TRAIN.require_latest(lake)
+        row = CTR_TRAIN.read_parquet(lake, meta["run_id"], "split=test", columns=cols).iloc[0]
     except (PlatformError, IndexError):
         return {"ad_id": "ad-demo", "channel": "feed", "ad_position": "1"}
     # every ad column is text in the contract and the API (ad_position may be "top_banner")

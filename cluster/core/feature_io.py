@@ -21,8 +21,10 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cluster.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from cluster.core.storage import Lake, Zone
+from cluster.core import catalog
+from cluster.core.catalog import CTR_TRAIN, INTERACTIONS, Table
+from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.storage import Lake
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -277,7 +279,7 @@ def load_ctr_matrix(lake: Lake, split: str | None = None, run_id: str | None = N
     Args:
         lake: The lake (``open_lake(settings)``).
         split: ``train``, ``test`` or ``None`` for both (train first).
-        run_id: A ``features/ctr_train`` run; default the one in ``latest.json``.
+        run_id: A :data:`~cluster.core.catalog.CTR_TRAIN` run; default the newest.
 
     Returns:
         ``X`` (CSR, ``spec["size"]`` columns), ``y``, the impression ids in row order, the spec.
@@ -294,17 +296,17 @@ def load_ctr_matrix(lake: Lake, split: str | None = None, run_id: str | None = N
     if split not in (None, "train", "test"):
         raise InvalidArgument("split must be 'train', 'test' or None", field="split")
     if run_id is None:
-        if not lake.exists(Zone.FEATURES, "ctr_train", "latest.json"):
-            raise NotFound("no CTR training table yet: run the training_tables job first")
-        run_id = lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")["run_id"]
-    run = f"ctr_train/run={run_id}"
-    spec = lake.read_json(Zone.FEATURES, run, "_feature_spec.json")
+        latest = CTR_TRAIN.latest(lake)
+        if latest is None:
+            raise NotFound(f"no CTR training table yet: run `{CTR_TRAIN.built_by}` first")
+        run_id = latest["run_id"]
+    spec = lake.read_json(*CTR_TRAIN.run_parts(run_id, catalog.FEATURE_SPEC))
     parts = []
     for name in ("train", "test") if split is None else (split,):
-        folder = f"{run}/split={name}"
-        for f in lake.list_dir(Zone.FEATURES, folder):
+        folder = CTR_TRAIN.run_parts(run_id, f"split={name}")
+        for f in lake.list_dir(*folder):
             if f.endswith(".parquet"):
-                data = lake.read_bytes(Zone.FEATURES, folder, f)
+                data = lake.read_bytes(*folder, f)
                 parts.append(pq.read_table(io.BytesIO(data), columns=["impression_id", "label", "features"]))
     if not parts:
         return CtrMatrix(sp.csr_matrix((0, spec["size"])), np.zeros(0, dtype=int), [], spec)
@@ -335,7 +337,7 @@ def load_interactions(lake: Lake, run_id: str | None = None, dtype: str = "float
 
     Args:
         lake: The lake (:func:`cluster.core.storage.open_lake`).
-        run_id: The run to load; the newest (``features/interactions/latest.json``) by default.
+        run_id: The run to load; the newest :data:`~cluster.core.catalog.INTERACTIONS` run by default.
         dtype: Value type of the matrix (float32 suits implicit-feedback models).
 
     Raises:
@@ -343,14 +345,13 @@ def load_interactions(lake: Lake, run_id: str | None = None, dtype: str = "float
     """
     from scipy.sparse import csr_matrix
 
-    if run_id:
-        meta = lake.read_json(Zone.FEATURES, f"interactions/run={run_id}", "_meta.json")
-    else:
-        meta = lake.read_json(Zone.FEATURES, "interactions", "latest.json")
-    base = meta["path"]
-    users = lake.read_parquet(base, "users").sort_values("user_idx")
-    items = lake.read_parquet(base, "items").sort_values("item_idx")
-    cells = lake.read_parquet(base, "matrix")
+    meta = INTERACTIONS.run_meta(lake, run_id) if run_id else INTERACTIONS.latest(lake)
+    if meta is None:
+        raise NotFound(f"no interaction matrix yet: run `{INTERACTIONS.built_by}` first")
+    run_id = meta["run_id"]
+    users = INTERACTIONS.read_parquet(lake, run_id, "users").sort_values("user_idx")
+    items = INTERACTIONS.read_parquet(lake, run_id, "items").sort_values("item_idx")
+    cells = INTERACTIONS.read_parquet(lake, run_id, "matrix")
     # Indices are 0..n-1 by construction (index_interactions), so row i is users' i-th id.
     matrix = csr_matrix(
         (cells["value"].to_numpy(dtype=dtype), (cells["user_idx"].to_numpy(), cells["item_idx"].to_numpy())),
@@ -361,41 +362,40 @@ def load_interactions(lake: Lake, run_id: str | None = None, dtype: str = "float
 
 
 
-def load_latest(lake: Lake, table: str, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """The newest run of a feature table (``features/<table>/latest.json``) as pandas, with its metadata.
+def _feature_table(table: Table | str) -> Table:
+    """A catalog table, or the feature table of that path (``"rfm"`` is ``catalog.RFM``)."""
+    return table if isinstance(table, Table) else catalog.table(f"features.{table.replace('/', '.')}")
+
+
+def load_latest(lake: Lake, table: Table | str, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """The newest run of a feature table (``catalog.RFM``, or its path ``"rfm"``) as pandas, with its metadata.
 
     Raises:
         FailedPrecondition: the table has never been built (the message names the command that builds it).
+        InvalidArgument: the catalog has no such table.
     """
-    builders = {"rfm": "pmkt features rfm", "clv": "pmkt features clv", "tags": "pmkt features tags",
-                "churn": "pmkt features tables", "ctr_train": "pmkt features tables",
-                "ctr_users": "pmkt features tables",
-                "interactions": "pmkt features tags", "campaigns": "pmkt features campaigns",
-                "campaign_daily": "pmkt features campaigns", "funnels": "pmkt features funnels",
-                "demand": "pmkt features demand", "attributes": "pmkt features attributes"}
-    if not lake.exists(Zone.FEATURES, table, "latest.json"):
-        hint = builders.get(table, "the feature job")
-        raise FailedPrecondition(f"no {table} features yet: run `{hint}` first")
-    meta = lake.read_json(Zone.FEATURES, table, "latest.json")
+    meta = _feature_table(table).require_latest(lake)
     return lake.read_parquet(meta["path"], columns=list(columns) if columns else None), meta
 
 
 def load_churn_frame(lake: Lake) -> tuple[pd.DataFrame, dict]:
     """The newest churn table (one row per user, :func:`spark_jobs.training_tables.churn_table`)."""
-    return load_latest(lake, "churn")
+    return load_latest(lake, catalog.CHURN)
 
 
-def load_run(lake: Lake, table: str, run_id: str, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """One run of a feature table (``features/<table>/run=<run_id>``) as pandas, with its metadata.
+def load_run(lake: Lake, table: Table | str, run_id: str,
+             columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """One run of a feature table (``catalog.CHURN`` or ``"churn"``) as pandas, with its metadata.
 
     A model is trained on one run (its registry version's ``feature_run_id``); serving and the
     parity tests read that very run when the newest one is not the same table.
 
     Raises:
         NotFound: the run does not exist (or has no ``_meta.json``).
+        InvalidArgument: the catalog has no such table.
     """
-    rel = f"{table}/run={run_id}"
-    if not lake.exists(Zone.FEATURES, rel, "_meta.json"):
-        raise NotFound(f"no run {run_id!r} of the {table} features")
-    meta = lake.read_json(Zone.FEATURES, rel, "_meta.json")
+    t = _feature_table(table)
+    if not lake.exists(*t.run_parts(run_id, catalog.META)):
+        raise NotFound(f"no run {run_id!r} of the {t.rel()} table")
+    meta = t.run_meta(lake, run_id)
     return lake.read_parquet(meta["path"], columns=list(columns) if columns else None), meta

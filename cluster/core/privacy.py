@@ -453,7 +453,8 @@ def reveal_id_numbers(settings: Settings, user_id: str, reason: str, keyring: Ke
         NotFound: the user is not in the raw users table, or has no ID number stored.
         ConfigError, FailedPrecondition: no usable key (see :func:`load_keyring`, :meth:`KeyRing.decrypt`).
     """
-    from cluster.core.storage import Zone, open_lake
+    from cluster.core.catalog import RAW, REVEAL_AUDIT
+    from cluster.core.storage import open_lake
 
     if not reason.strip():
         raise InvalidArgument("a reason (the request's reference) is required", field="reason")
@@ -462,10 +463,11 @@ def reveal_id_numbers(settings: Settings, user_id: str, reason: str, keyring: Ke
     outcome = "error"
     try:
         tokens: list[str | None] = []
-        for part in lake.list_dir(Zone.RAW, "users"):
+        users = RAW["users"]
+        for part in users.list_dir(lake):
             if not part.startswith("dt="):
                 continue
-            frame = lake.read_parquet(Zone.RAW, "users", part)
+            frame = lake.read_parquet(*users.parts(part))
             mine = frame[frame["user_id"] == user_id]
             if ID_NUMBER_COLUMN in mine.columns:
                 tokens += [t if isinstance(t, str) else None for t in mine[ID_NUMBER_COLUMN]]
@@ -491,7 +493,7 @@ def reveal_id_numbers(settings: Settings, user_id: str, reason: str, keyring: Ke
             "outcome": outcome,
         }
         name = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.json"
-        lake.write_json(record, Zone.REPORTS, "privacy", "reveal", name)
+        REVEAL_AUDIT.write_json(lake, record, name)
         log.warning("audit: reveal-id for user %s by %s: %s", user_id, record["operator"], outcome)
 
 

@@ -5,7 +5,7 @@
 regression on standardised features. Why logistic regression:
 
 * **The signal is log-linear.** Category preferences are Dirichlet draws whose weights the
-  attribute tilts (``cluster/datagen/__init__.py``, ``Category.male_tilt``). The Dirichlet log-density is
+  attribute tilts (``cluster/datagen/params.py``, ``Category.male_tilt``). The Dirichlet log-density is
   ``sum_k (alpha_k - 1) log x_k``, so the log-odds of one value against another is *linear in the
   log shares* ``log x_k``: the ``log_share`` transform below makes the logistic model the right
   shape, and nothing is left for trees to find in interactions (docs/models-attributes.md

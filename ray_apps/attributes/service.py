@@ -18,8 +18,8 @@ attribute feature table who has no declared value, and writes ``m:predicted_<tar
 * Forgotten users (tombstones) are skipped, so a prediction never brings a profile back.
 
 The users holding a live prediction after a run are listed in the lake
-(``reports/attributes/<target>-stored.json``): the next run checks them for declarations without
-reading every declared user's profile.
+(:data:`~cluster.core.catalog.ATTRIBUTE_REPORTS`, ``<target>-stored.json``): the next run checks them
+for declarations without reading every declared user's profile.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from typing import Any
 
 import pandas as pd
 
+from cluster.core.catalog import ATTRIBUTE_LATEST, ATTRIBUTE_REPORTS, ATTRIBUTE_STORED, ATTRIBUTES
 from cluster.core.errors import FailedPrecondition, NotFound
 from cluster.core.feature_io import load_latest
 from cluster.core.settings import Settings
-from cluster.core.storage import ProfileStore, Zone, decode_str, open_lake, open_profile_store
-from cluster.core.storage.tombstones import Tombstones
+from cluster.core.storage import ProfileStore, decode_str, open_lake, open_profile_store
+from cluster.core.tombstones import Tombstones
 from ray_apps.attributes.cells import (
     decode_prediction,
     encode_prediction,
@@ -158,15 +159,12 @@ def predict_and_store(settings: Settings, *, version: str | None = None,
     if target != cfg.target:
         raise FailedPrecondition(f"{mv.ref} predicts {target!r}, attributes.target is {cfg.target!r}: "
                                  f"run `pmkt tune {MODEL_NAME}` for {cfg.target!r}")
-    if not lake.exists(Zone.FEATURES, "attributes", "latest.json"):
-        raise FailedPrecondition("no attribute features yet: run `pmkt features attributes` first")
-    frame, meta = load_latest(lake, "attributes")
+    frame, meta = load_latest(lake, ATTRIBUTES)  # FailedPrecondition naming the command before the first build
     if meta.get("target") != target:
         raise FailedPrecondition(f"the attribute features were built for {meta.get('target')!r}, the model "
                                  f"predicts {target!r}: run `pmkt features attributes` again")
-    record = f"{target}-stored.json"
-    previous = lake.read_json(Zone.REPORTS, "attributes", record) if lake.exists(Zone.REPORTS, "attributes", record) \
-        else []
+    record = ATTRIBUTE_STORED.format(target=target)
+    previous = ATTRIBUTE_REPORTS.read_json(lake, record) if ATTRIBUTE_REPORTS.exists(lake, record) else []
     forgotten = Tombstones(lake).all()
     step(f"scoring {int(frame['declared'].isna().sum()):,} users without a declared {target}", 0.2)
     store = open_profile_store(settings)
@@ -176,11 +174,11 @@ def predict_and_store(settings: Settings, *, version: str | None = None,
     finally:
         store.close()
     live = sorted(counts.pop("live"))
-    lake.write_json(live, Zone.REPORTS, "attributes", record)
+    ATTRIBUTE_REPORTS.write_json(lake, live, record)
     result = {"model_version": mv.ref, "target": target, "feature_run_id": meta.get("run_id"),
               "min_probability": cfg.min_probability, **counts,
               "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    lake.write_json(result, Zone.REPORTS, "attributes", f"{target}-latest.json")
+    ATTRIBUTE_REPORTS.write_json(lake, result, ATTRIBUTE_LATEST.format(target=target))
     step("done", 1.0)
     log.info("%s predictions by %s: %d stored (%d written), %d abstained, %d retracted", target, mv.ref,
              counts["stored"], counts["written"], counts["abstained"], counts["retracted"])

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cluster.core.catalog import ATTRIBUTES
 from cluster.core.errors import FailedPrecondition
 from cluster.core.feature_io import hash_bucket, load_latest
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
+from cluster.core.storage import open_lake
 from ray_apps.attributes.model import SHARE_TRANSFORMS, AttributeModel, score
-from ray_apps.tuning import Dataset, Fitted, TuneSpec
+from ray_apps.tuning import Dataset, Fitted, family_spec
 
 __all__ = ["C_GRID", "SPEC", "AttributeData", "fit", "load", "model_for", "space", "split_sides", "trial"]
 
@@ -78,9 +79,7 @@ def load(settings: Settings, smoke_test: bool = False) -> Dataset:
     """
     cfg = settings.attributes
     lake = open_lake(settings)
-    if not lake.exists(Zone.FEATURES, "attributes", "latest.json"):
-        raise FailedPrecondition(f"no attribute features yet: run `{BUILD}` first")
-    frame, meta = load_latest(lake, "attributes")
+    frame, meta = load_latest(lake, ATTRIBUTES)  # FailedPrecondition naming BUILD before the first build
     if meta.get("target") != cfg.target:
         raise FailedPrecondition(f"the attribute features were built for {meta.get('target')!r}, "
                                  f"attributes.target is {cfg.target!r}: run `{BUILD}` again")
@@ -175,15 +174,6 @@ def fit(best_config: dict, data: AttributeData, trial_rows: list[dict]) -> Fitte
     return Fitted(model=model, metrics=metrics, params=params)
 
 
-SPEC = TuneSpec(
-    name="attributes",
-    metric="val_log_loss",
-    mode="min",
-    load=load,
-    space=space,
-    trial=trial,
-    fit=fit,
-    max_iterations=1,
-    default_trials=8,
-    description="static attribute (gender) from behaviour: logistic regression, L2 strength and share transform",
-)
+SPEC = family_spec(__name__, "attributes", metric="val_log_loss", mode="min",
+                   description="static attribute (gender) from behaviour: logistic regression, L2 strength and "
+                               "share transform")

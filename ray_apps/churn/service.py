@@ -15,6 +15,7 @@ import math
 
 import pandas as pd
 
+from cluster.core.catalog import CHURN
 from cluster.core.contract import validate_user_id
 from cluster.core.errors import InvalidArgument, NotFound
 from cluster.core.feature_io import load_churn_frame, load_run
@@ -42,7 +43,7 @@ class ChurnScorer:
             log.warning("churn table %s has a %s-day window, %s was trained with %s days: serving its training "
                         "table %s", meta.get("run_id", "?"), window, version.ref, model.offset_days,
                         version.feature_run_id)
-            frame, meta = load_run(lake, "churn", version.feature_run_id)
+            frame, meta = load_run(lake, CHURN, version.feature_run_id)
         self.as_of = str(meta.get("as_of", ""))
         self.rows: dict[str, dict] = {
             str(r["user_id"]): r for r in frame.drop_duplicates("user_id").to_dict("records")

@@ -23,7 +23,7 @@ from cluster.core.feature_io import hash_bucket, load_churn_frame
 from cluster.core.settings import Settings
 from cluster.core.storage import open_lake
 from ray_apps.churn.model import INPUT_COLUMNS, KINDS, ChurnModel
-from ray_apps.tuning import Dataset, Fitted, TuneSpec
+from ray_apps.tuning import Dataset, Fitted, family_spec
 
 __all__ = [
     "AOV_KNOTS",
@@ -183,15 +183,5 @@ def fit(best_config: dict, data: ChurnData, trial_rows: list[dict]) -> Fitted:
     return Fitted(model=final, metrics=metrics, params=params)
 
 
-SPEC = TuneSpec(
-    name="churn",
-    metric="val_concordance",
-    mode="max",
-    load=load,
-    space=space,
-    trial=trial,
-    fit=fit,
-    max_iterations=1,
-    default_trials=8,
-    description="churn survival: Cox PH or Weibull AFT, penalizer tuned by held-out concordance",
-)
+SPEC = family_spec(__name__, "churn", metric="val_concordance", mode="max",
+                   description="churn survival: Cox PH or Weibull AFT, penalizer tuned by held-out concordance")

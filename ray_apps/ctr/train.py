@@ -3,7 +3,7 @@
 * **Data.** The newest CTR training table (``pmkt features tables``). Its ``train`` split is
   earlier in time than ``test``; ``train`` is split again by time into *fit* (the earlier
   ``1 - VALIDATION_FRACTION``) and *validation* rows. Trials learn on fit rows and report on
-  validation rows; the test split is touched only by :func:`fit_ctr`, for the version's metrics.
+  validation rows; the test split is touched only by :func:`fit`, for the version's metrics.
 * **Search space.** L2 strength ``C`` on a log grid, class weighting (``None`` or ``balanced``)
   and the regularisation scale of the two sparse feature groups (``user_scale``, ``id_scale``,
   see :mod:`ray_apps.ctr.model`).
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from cluster.core.catalog import CTR_TRAIN
 from cluster.core.errors import FailedPrecondition, NotFound
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
+from cluster.core.storage import open_lake
 from ray_apps.ctr.model import CtrModel, calibration_curve
-from ray_apps.tuning import Dataset, Fitted, TuneSpec
+from ray_apps.tuning import Dataset, Fitted, family_spec
 
 __all__ = [
     "ITERS_PER_ROUND",
@@ -35,11 +36,11 @@ __all__ = [
     "SPEC",
     "VALIDATION_FRACTION",
     "CtrData",
-    "ctr_space",
-    "ctr_trial",
     "evaluate",
-    "fit_ctr",
-    "load_ctr",
+    "fit",
+    "load",
+    "space",
+    "trial",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _model_params(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_ctr(settings: Settings, smoke_test: bool = False) -> Dataset:
+def load(settings: Settings, smoke_test: bool = False) -> Dataset:
     """Read the newest CTR table and split its train rows by time into fit and validation rows.
 
     Args:
@@ -105,9 +106,7 @@ def load_ctr(settings: Settings, smoke_test: bool = False) -> Dataset:
     from cluster.core.feature_io import load_ctr_matrix
 
     lake = open_lake(settings)
-    if not lake.exists(Zone.FEATURES, "ctr_train", "latest.json"):
-        raise FailedPrecondition(f"no CTR training table yet: run `{_BUILD}` first")
-    meta = lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")
+    meta = CTR_TRAIN.require_latest(lake)
     run_id = meta["run_id"]
     try:
         train = load_ctr_matrix(lake, "train", run_id=run_id)
@@ -121,7 +120,7 @@ def load_ctr(settings: Settings, smoke_test: bool = False) -> Dataset:
                 f"{int(np.sum(split.y))} clicks; it needs both clicks and non-clicks: ingest more impressions "
                 f"and run `{_BUILD}`")
     # The vectors carry no time; the table's ts column does (joined by id, not by row order).
-    times = lake.read_parquet(Zone.FEATURES, f"ctr_train/run={run_id}/split=train", columns=["impression_id", "ts"])
+    times = CTR_TRAIN.read_parquet(lake, run_id, "split=train", columns=["impression_id", "ts"])
     ts = times.set_index("impression_id")["ts"].reindex(train.impression_ids).to_numpy()
     order = np.argsort(ts, kind="stable")
     n_val = max(1, round(VALIDATION_FRACTION * len(order)))
@@ -149,7 +148,7 @@ def load_ctr(settings: Settings, smoke_test: bool = False) -> Dataset:
     return Dataset(data, run_id, info)
 
 
-def ctr_space(settings: Settings, smoke_test: bool = False) -> dict[str, list[Any]]:
+def space(settings: Settings, smoke_test: bool = False) -> dict[str, list[Any]]:
     """The search space (see the module docstring and docs/models-ctr.md for the reasons)."""
     if smoke_test:
         return {"C": [0.1, 1.0], "class_weight": [None], "user_scale": [0.3], "id_scale": [0.3]}
@@ -174,7 +173,7 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def ctr_trial(config: dict, data: CtrData) -> Iterator[dict]:
+def trial(config: dict, data: CtrData) -> Iterator[dict]:
     """One configuration: L-BFGS rounds on the fit rows, validation metrics after each round.
 
     Yields:
@@ -205,7 +204,7 @@ def evaluate(model: CtrModel, X: Any, y: np.ndarray, bins: int = 10) -> dict[str
     return {**{k: round(v, 6) for k, v in s.items()}, "calibration": calibration_curve(y, p, bins)}
 
 
-def fit_ctr(config: dict, data: CtrData, trial_rows: list[dict]) -> Fitted:
+def fit(config: dict, data: CtrData, trial_rows: list[dict]) -> Fitted:
     """Refit ``config`` on all train rows and compute the version's metrics on the test split.
 
     The other class weighting (``balanced`` if the chosen one is ``None`` and vice versa) is fitted
@@ -257,15 +256,5 @@ def fit_ctr(config: dict, data: CtrData, trial_rows: list[dict]) -> Fitted:
     return Fitted(model, metrics, out_params)
 
 
-SPEC = TuneSpec(
-    name="ctr",
-    metric="val_auc",
-    mode="max",
-    load=load_ctr,
-    space=ctr_space,
-    trial=ctr_trial,
-    fit=fit_ctr,
-    max_iterations=ROUNDS,
-    default_trials=20,
-    description="logistic regression on the CTR table; L2 strength, class weights, sparse-group scales",
-)
+SPEC = family_spec(__name__, "ctr", metric="val_auc", mode="max", max_iterations=ROUNDS, default_trials=20,
+                   description="logistic regression on the CTR table; L2 strength, class weights, sparse-group scales")

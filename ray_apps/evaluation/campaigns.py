@@ -89,17 +89,15 @@ class CampaignDaily:
         self._checked = float("-inf")
 
     def __call__(self, campaign_id: str) -> pd.DataFrame:
+        from cluster.core.catalog import CAMPAIGN_DAILY
         from cluster.core.feature_io import load_latest
-        from cluster.core.storage import Zone
 
         now = self._clock()
         if self._table is None or now - self._checked >= self._refresh_s:
             self._checked = now
-            if not self._lake.exists(Zone.FEATURES, "campaign_daily", "latest.json"):
-                load_latest(self._lake, "campaign_daily")  # raises FailedPrecondition naming the command
-            run = self._lake.read_json(Zone.FEATURES, "campaign_daily", "latest.json")["run_id"]
+            run = CAMPAIGN_DAILY.require_latest(self._lake)["run_id"]  # FailedPrecondition naming the command
             if run != self._run:
-                self._table, _ = load_latest(self._lake, "campaign_daily")
+                self._table, _ = load_latest(self._lake, CAMPAIGN_DAILY)
                 self._run = run
         table = self._table
         return table[table["campaign_id"] == campaign_id]

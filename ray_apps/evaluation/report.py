@@ -257,6 +257,7 @@ def _recs(registry) -> Section:
 
 
 def _campaigns(settings: Settings, lake, user_segments: UserSegments | None) -> Section:
+    from cluster.core.catalog import CAMPAIGNS
     from cluster.core.feature_io import load_latest
     from ray_apps.budget import Channel, optimize_budget
     from ray_apps.evaluation.abtest import adjust_pvalues, two_proportion_ztest
@@ -267,7 +268,7 @@ def _campaigns(settings: Settings, lake, user_segments: UserSegments | None) -> 
                       f"{settings.evaluation.attribution_window_days} days. ROI is revenue per unit spent; "
                       "attribution credits clicks with orders that might have happened anyway, so read ROI as "
                       "an upper bound and compare channels with each other.")
-    table, meta = load_latest(lake, "campaigns")
+    table, meta = load_latest(lake, CAMPAIGNS)
     channels = [g for g in campaign_metrics(table, "channel") if g.impressions > 0]
     fig, ax = _figure()
     names = [g.group for g in channels]
@@ -384,6 +385,7 @@ def _funnels(settings: Settings, lake, user_segments: UserSegments | None) -> Se
 
 
 def _attributes(registry, lake) -> Section:
+    from cluster.core.catalog import ATTRIBUTES
     from cluster.core.feature_io import load_latest
 
     model, version = registry.load("attributes")
@@ -412,16 +414,17 @@ def _attributes(registry, lake) -> Section:
              "log loss": m.get("test_log_loss"), "log loss of the class prior": m.get("prior_log_loss"),
              "Brier score": m.get("test_brier"), "stored share (coverage)": m.get("test_coverage"),
              "accuracy of stored predictions": m.get("test_stored_accuracy")}
-    features, _ = load_latest(lake, "attributes", ["user_id", "declared"])
+    features, _ = load_latest(lake, ATTRIBUTES, ["user_id", "declared"])
     table["users without a declared value"] = int(features["declared"].fillna("").eq("").sum())
     section.tables.append(_table(pd.DataFrame([{"metric": k, "value": v} for k, v in table.items()])))
     return section
 
 
 def _consumption(settings: Settings, lake) -> Section:
+    from cluster.core.catalog import RFM
     from cluster.core.feature_io import load_latest
 
-    table, meta = load_latest(lake, "rfm")
+    table, meta = load_latest(lake, RFM)
     if "consumption_level" not in table.columns:
         raise FailedPrecondition("the RFM table predates consumption levels: run `pmkt features rfm` again")
     bands = sorted(settings.tags.consumption_bands.items(), key=lambda kv: kv[1])

@@ -7,8 +7,8 @@ good ones are kept. An accepted event
 1. increments the user's behaviour counters in the profile store at once, atomically
    (HBase counters; SQLite upserts): ``c:<action>`` and, with a category,
    ``c:<action>:<category>``;
-2. is buffered and appended to the lake's raw zone as Parquet under
-   ``raw/events_rt/dt=<UTC date>/`` once ``flush_rows`` events are waiting or the oldest has
+2. is buffered and appended to the lake as Parquet (:data:`cluster.core.catalog.RT_EVENTS`,
+   ``dt=<UTC date>/``) once ``flush_rows`` events are waiting or the oldest has
    waited ``flush_s`` seconds, for the next Spark build.
 
 An event id seen again within the replica's recent window (``dedup_window`` ids) is counted
@@ -29,19 +29,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from cluster.core.catalog import RT_EVENTS
 from cluster.core.contract import ACTIONS, TS_EPOCH_MS, TS_ISO_OFFSET, TS_LOCAL, has_control_chars
 from cluster.core.errors import InvalidArgument
-from cluster.core.storage import Lake, ProfileStore, Zone
+from cluster.core.storage import Lake, ProfileStore
 
-__all__ = ["EventIntake", "Rejection", "IntakeResult", "parse_event_time", "validate_event", "EVENT_FIELDS",
-           "RT_EVENTS_DIR"]
+__all__ = ["EventIntake", "Rejection", "IntakeResult", "parse_event_time", "validate_event", "EVENT_FIELDS"]
 
 log = logging.getLogger(__name__)
 
 EVENT_FIELDS = ("event_id", "user_id", "ts", "action", "item_id", "category", "brand", "device_type")
 REQUIRED = ("event_id", "user_id", "ts", "action")
-#: Lake folder (under the raw zone) of events taken in real time (spark_jobs.common reads it).
-RT_EVENTS_DIR = "events_rt"
 _TS_ISO_OFFSET, _TS_LOCAL, _TS_EPOCH_MS = (re.compile(p) for p in (TS_ISO_OFFSET, TS_LOCAL, TS_EPOCH_MS))
 _MAX_TEXT = 256
 
@@ -256,7 +254,7 @@ class EventIntake:
                 buf = io.BytesIO()
                 pq.write_table(table, buf)
                 name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-                self.lake.write_bytes(buf.getvalue(), Zone.RAW, RT_EVENTS_DIR, f"dt={day}", name)
+                self.lake.write_bytes(buf.getvalue(), *RT_EVENTS.parts(f"dt={day}", name))
                 self.files_written += 1
         except Exception:
             # Keep the events for the next flush rather than lose them.

@@ -21,8 +21,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from cluster.core.catalog import FUNNELS
 from cluster.core.errors import FailedPrecondition, InvalidArgument
-from cluster.core.storage import Lake, Zone
+from cluster.core.storage import Lake
 
 __all__ = [
     "GROUP_BY",
@@ -83,14 +84,12 @@ class GroupFunnel:
 
 
 def load_funnel_table(lake: Lake) -> FunnelTable:
-    """The newest ``features/funnels`` run.
+    """The newest :data:`~cluster.core.catalog.FUNNELS` run.
 
     Raises:
-        FailedPrecondition: the table has never been built.
+        FailedPrecondition: the table has never been built (names ``pmkt features funnels``).
     """
-    if not lake.exists(Zone.FEATURES, "funnels", "latest.json"):
-        raise FailedPrecondition("no funnel table yet: run `pmkt features funnels` first")
-    meta = lake.read_json(Zone.FEATURES, "funnels", "latest.json")
+    meta = FUNNELS.require_latest(lake)
     frame = lake.read_parquet(meta["path"])
     return FunnelTable(frame=frame, definitions={n: {"steps": list(d["steps"]), "window_hours": d["window_hours"]}
                                                  for n, d in meta["funnels"].items()}, run_id=meta["run_id"])

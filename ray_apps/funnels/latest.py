@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from cluster.core.storage import Lake, Zone
+from cluster.core.catalog import FUNNELS
+from cluster.core.storage import Lake
 from ray_apps.funnels.funnel import FunnelTable, load_funnel_table
 
 __all__ = ["LatestFunnels"]
@@ -33,9 +34,8 @@ class LatestFunnels:
             now = self._clock()
             if self._table is None or now - self._checked >= self._refresh_s:
                 self._checked = now
-                if self._table is None or (self._lake.exists(Zone.FEATURES, "funnels", "latest.json") and
-                                           self._lake.read_json(Zone.FEATURES, "funnels", "latest.json")["run_id"]
-                                           != self._table.run_id):
+                newest = None if self._table is None else FUNNELS.latest(self._lake)
+                if self._table is None or (newest is not None and newest["run_id"] != self._table.run_id):
                     self._table = load_funnel_table(self._lake)
             return self._table
 

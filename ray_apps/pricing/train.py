@@ -19,17 +19,18 @@ from typing import Any
 
 import pandas as pd
 
+from cluster.core.catalog import DEMAND
 from cluster.core.errors import FailedPrecondition
 from cluster.core.feature_io import load_latest
 from cluster.core.settings import Settings
-from cluster.core.storage import Zone, open_lake
+from cluster.core.storage import open_lake
 from ray_apps.pricing.model import (
     FIT_COLUMNS,
     DemandModel,
     holdout_metrics,
     split_holdout,
 )
-from ray_apps.tuning import Dataset, Fitted, TuneSpec
+from ray_apps.tuning import Dataset, Fitted, family_spec
 
 __all__ = ["KNOT_DAYS", "RIDGES", "SPEC", "DemandData", "fit", "load", "model_for", "space", "trial"]
 
@@ -68,9 +69,7 @@ def load(settings: Settings, smoke_test: bool = False) -> Dataset:
             columns, or is too short for the hold-out.
     """
     lake = open_lake(settings)
-    if not lake.exists(Zone.FEATURES, "demand", "latest.json"):
-        raise FailedPrecondition(f"no demand features yet: run `{BUILD_COMMAND}` first")
-    frame, meta = load_latest(lake, "demand")
+    frame, meta = load_latest(lake, DEMAND)  # FailedPrecondition naming BUILD_COMMAND before the first build
     missing = [c for c in FIT_COLUMNS if c not in frame.columns]
     if missing:
         raise FailedPrecondition(f"the demand table lacks {missing}: rebuild it with `{BUILD_COMMAND}`")
@@ -134,16 +133,6 @@ def fit(best_config: dict, data: DemandData, trial_rows: list[dict]) -> Fitted:
     return Fitted(model=final, metrics=metrics, params=params)
 
 
-SPEC = TuneSpec(
-    name="demand",
-    metric="holdout_deviance",
-    mode="min",
-    load=load,
-    space=space,
-    trial=trial,
-    fit=fit,
-    max_iterations=1,
-    default_trials=8,
-    description="demand per category and time slot: Poisson GLM with price elasticity, ridge and trend tuned "
-                "by held-out deviance",
-)
+SPEC = family_spec(__name__, "demand", metric="holdout_deviance", mode="min",
+                   description="demand per category and time slot: Poisson GLM with price elasticity, ridge and "
+                               "trend tuned by held-out deviance")

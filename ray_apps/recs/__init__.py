@@ -1,45 +1,9 @@
-"""Recommendations: top-N estimators, ranking metrics, the serving object and the Tune entry point."""
+"""Recommendations: top-N estimators, ranking metrics, the serving object and the Tune entry point.
 
-from ray_apps.recs.model import (
-    ALGORITHMS,
-    EASE,
-    REASON_CATEGORY,
-    REASON_MODEL,
-    REASON_POPULARITY,
-    ItemKNN,
-    Popularity,
-    RecModel,
-    Recommendations,
-    RP3beta,
-    category_fallback_top_n,
-    category_popularity_scores,
-    history_category_shares,
-    make_estimator,
-    ranking_metrics,
-    recommend_top_n,
-    split_matrix,
-    stratified_split,
-    top_n,
-)
+``ray_apps.recs.train.SPEC`` is what ``pmkt tune recs`` runs; the registered object is a
+:class:`RecModel`. The estimators, splits and fallbacks are in :mod:`ray_apps.recs.model`.
+"""
 
-__all__ = [
-    "ALGORITHMS",
-    "EASE",
-    "REASON_CATEGORY",
-    "REASON_MODEL",
-    "REASON_POPULARITY",
-    "ItemKNN",
-    "Popularity",
-    "RP3beta",
-    "RecModel",
-    "Recommendations",
-    "category_fallback_top_n",
-    "category_popularity_scores",
-    "history_category_shares",
-    "make_estimator",
-    "ranking_metrics",
-    "recommend_top_n",
-    "split_matrix",
-    "stratified_split",
-    "top_n",
-]
+from ray_apps.recs.model import ALGORITHMS, RecModel, Recommendations, make_estimator, ranking_metrics
+
+__all__ = ["ALGORITHMS", "RecModel", "Recommendations", "make_estimator", "ranking_metrics"]

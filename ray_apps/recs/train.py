@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cluster.core.catalog import INTERACTIONS, RAW, RT_EVENTS, TAGS
 from cluster.core.errors import FailedPrecondition, InvalidArgument
 from cluster.core.feature_io import load_interactions, load_latest
 from cluster.core.settings import Settings
-from cluster.core.storage import Lake, Zone, open_lake
+from cluster.core.storage import Lake, open_lake
 from ray_apps.recs.model import (
     ALGORITHMS,
     RecModel,
@@ -42,7 +43,7 @@ from ray_apps.recs.model import (
     recommend_top_n,
     split_matrix,
 )
-from ray_apps.tuning import Dataset, Fitted, TuneSpec
+from ray_apps.tuning import Dataset, Fitted, family_spec
 
 __all__ = [
     "MODEL_NAME",
@@ -72,8 +73,8 @@ VALIDATION_SHARE = 0.25
 SMOKE_USERS = 3000
 #: Cold-start thresholds tried by :func:`fit`: users with fewer interactions get the fallback.
 MIN_INTERACTIONS_CHOICES = (1, 2, 3, 5)
-#: Raw-zone datasets the item -> category map is read from.
-_CATEGORY_SOURCES = ("orders", "events", "events_rt")
+#: Raw-zone tables the item -> category map is read from, by folder name.
+_CATEGORY_SOURCES = {t.path: t for t in (RAW["orders"], RAW["events"], RT_EVENTS)}
 
 #: The full search: popularity (the baseline), item-kNN, RP3beta and EASE.
 FULL_SPACE = (
@@ -155,13 +156,14 @@ def load_item_categories(lake: Lake, items: Collection[str] | None = None) -> di
     """
     wanted = None if items is None else set(items)
     parts = sorted(
-        ((part, dataset) for dataset in _CATEGORY_SOURCES for part in lake.list_dir(Zone.RAW, dataset)
+        ((part, name) for name, table in _CATEGORY_SOURCES.items() for part in table.list_dir(lake)
          if part.startswith("dt=")),
         reverse=True,
     )
     found: dict[str, str] = {}
     for day in sorted({p for p, _ in parts}, reverse=True):
-        frames = [lake.read_parquet(Zone.RAW, ds, p, columns=["item_id", "category"]) for p, ds in parts if p == day]
+        frames = [lake.read_parquet(*_CATEGORY_SOURCES[name].parts(p), columns=["item_id", "category"])
+                  for p, name in parts if p == day]
         frame = pd.concat(frames).dropna()
         frame = frame[~frame["item_id"].isin(found.keys())]
         if wanted is not None:
@@ -197,10 +199,9 @@ def load(settings: Settings, smoke_test: bool = False) -> Dataset:
             (``pmkt features tags`` builds both), or it has no interactions.
     """
     lake = open_lake(settings)
-    if not lake.exists(Zone.FEATURES, "interactions", "latest.json"):
-        raise FailedPrecondition("no interaction matrix yet: run `pmkt features tags` first")
+    INTERACTIONS.require_latest(lake)  # FailedPrecondition naming `pmkt features tags` before the first build
     inter = load_interactions(lake)
-    tags, _ = load_latest(lake, "tags", ["user_id", "top_categories"])
+    tags, _ = load_latest(lake, TAGS, ["user_id", "top_categories"])
     matrix, user_ids = inter.matrix.tocsr(), list(inter.user_ids)
     if smoke_test and matrix.shape[0] > SMOKE_USERS:
         keep = np.sort(np.random.default_rng(SEED).choice(matrix.shape[0], SMOKE_USERS, replace=False))
@@ -334,15 +335,6 @@ def fit(best_config: dict, data: RecsData, trial_rows: list[dict]) -> Fitted:
     return Fitted(model=rec_model, metrics=metrics, params=fitted_params)
 
 
-SPEC = TuneSpec(
-    name=MODEL_NAME,
-    metric=f"val_ndcg_at_{K}",
-    mode="max",
-    load=load,
-    space=space,
-    trial=trial,
-    fit=fit,
-    max_iterations=1,
-    default_trials=8,
-    description="Top-10 recommendations: popularity, item-kNN, RP3beta, EASE; chosen by validation NDCG@10.",
-)
+SPEC = family_spec(__name__, MODEL_NAME, metric=f"val_ndcg_at_{K}", mode="max",
+                   description="Top-10 recommendations: popularity, item-kNN, RP3beta, EASE; chosen by validation "
+                               "NDCG@10.")

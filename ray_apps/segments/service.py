@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cluster.core.contract import ACTIONS, validate_user_id
-from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.errors import NotFound
 from cluster.core.storage import ProfileStore, decode_float, decode_str
 from protos.marketing.v1 import segment_pb2
 from ray_apps.current import CurrentModel
@@ -155,12 +155,13 @@ def user_segments_of(lake, segment_model, known_users: Iterable[str] | None = No
     """
     import pandas as pd
 
+    from cluster.core.catalog import CLV, RFM
     from cluster.core.feature_io import load_latest
 
-    features, _ = load_latest(lake, "rfm")
+    features, _ = load_latest(lake, RFM)
     buyers = set(features["user_id"])
     if "clv_predicted" in getattr(segment_model, "features_", ()):
-        clv, _ = load_latest(lake, "clv", ["user_id", "clv_predicted"])
+        clv, _ = load_latest(lake, CLV, ["user_id", "clv_predicted"])
         features = features.merge(clv, on="user_id", how="inner")
         features["clv_predicted"] = features["clv_predicted"].fillna(0.0).clip(lower=0.0)
     names = np.array(segment_model.names_)[segment_model.predict(features)] if len(features) else []

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from cluster.core.catalog import CLV, RFM
 from cluster.core.errors import FailedPrecondition
 from cluster.core.feature_io import load_latest
 from cluster.core.settings import Settings
@@ -23,9 +24,9 @@ from cluster.core.storage import open_lake
 from ray_apps.registry import ModelVersion
 from ray_apps.segments.model import FEATURES, FEATURES_WITH_CLV, RFMSegmenter
 from ray_apps.segments.service import MODEL_NAME
-from ray_apps.tuning import Dataset, Fitted, TuneSpec, run_tune
+from ray_apps.tuning import Dataset, Fitted, family_spec, run_tune
 
-__all__ = ["SPEC", "load_features", "segment_trial", "clv_tests", "train_segments", "MODEL_NAME"]
+__all__ = ["SPEC", "load_features", "load", "space", "trial", "fit", "clv_tests", "train_segments", "MODEL_NAME"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -41,11 +42,11 @@ def load_features(settings: Settings) -> tuple[pd.DataFrame, dict, tuple[str, ..
         FailedPrecondition: no RFM run, or no CLV run while ``segments.with_clv`` is set.
     """
     lake = open_lake(settings)
-    frame, meta = load_latest(lake, "rfm", ["user_id", *FEATURES])
+    frame, meta = load_latest(lake, RFM, ["user_id", *FEATURES])
     if not settings.segments.with_clv:
         return frame, meta, FEATURES
     try:
-        clv, clv_meta = load_latest(lake, "clv", ["user_id", "clv_predicted"])
+        clv, clv_meta = load_latest(lake, CLV, ["user_id", "clv_predicted"])
     except FailedPrecondition:
         raise FailedPrecondition(
             "no CLV features yet: run `pmkt features clv` first (or set segments.with_clv: false to "
@@ -59,7 +60,8 @@ def load_features(settings: Settings) -> tuple[pd.DataFrame, dict, tuple[str, ..
     return joined, {**meta, "clv_run_id": clv_meta["run_id"]}, FEATURES_WITH_CLV
 
 
-def _load(settings: Settings, smoke_test: bool) -> Dataset:
+def load(settings: Settings, smoke_test: bool = False) -> Dataset:
+    """The RFM (+ CLV) features as a matrix, the silhouette sample and the seed."""
     seg = settings.segments
     frame, meta, features = load_features(settings)
     data = frame[list(features)].to_numpy(dtype=float)
@@ -74,13 +76,14 @@ def _load(settings: Settings, smoke_test: bool) -> Dataset:
     return Dataset(payload, run, {"users": int(len(data)), "as_of": meta["as_of"]})
 
 
-def _space(settings: Settings, smoke_test: bool) -> dict[str, list[int]]:
+def space(settings: Settings, smoke_test: bool = False) -> dict[str, list[int]]:
+    """k from ``segments.k_min`` to ``k_max`` (three values in the smoke test)."""
     seg = settings.segments
     k_max = min(seg.k_max, seg.k_min + 2) if smoke_test else seg.k_max
     return {"k": list(range(seg.k_min, k_max + 1))}
 
 
-def segment_trial(config: dict, data: dict) -> Iterator[dict]:
+def trial(config: dict, data: dict) -> Iterator[dict]:
     """Fit one k and score it (one iteration: K-means has nothing for ASHA to stop early)."""
     from sklearn.metrics import silhouette_score
 
@@ -115,7 +118,8 @@ def clv_tests(clv: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "eta_squared": float(between / total)}
 
 
-def _fit(config: dict, data: dict, trials: list[dict]) -> Fitted:
+def fit(config: dict, data: dict, trials: list[dict]) -> Fitted:
+    """Refit the chosen k on every user; the elbow curve and the CLV tests go into the metrics."""
     k = int(config["k"])
     model = RFMSegmenter(n_clusters=k, random_state=data["seed"], features=data["features"]).fit(data["X"])
     curve = sorted(
@@ -150,18 +154,9 @@ def _fit(config: dict, data: dict, trials: list[dict]) -> Fitted:
     return Fitted(model, metrics, params)
 
 
-SPEC = TuneSpec(
-    name=MODEL_NAME,
-    metric="silhouette",
-    mode="max",
-    load=_load,
-    space=_space,
-    trial=segment_trial,
-    fit=_fit,
-    max_iterations=1,
-    default_trials=6,
-    description="K-means on standardised log RFM + CLV; k by silhouette, elbow recorded, CLV ANOVA/Kruskal-Wallis",
-)
+SPEC = family_spec(__name__, MODEL_NAME, metric="silhouette", mode="max", default_trials=6,
+                   description="K-means on standardised log RFM + CLV; k by silhouette, elbow recorded, CLV "
+                               "ANOVA/Kruskal-Wallis")
 
 
 def train_segments(settings: Settings, *, smoke_test: bool = False, progress: Progress | None = None) -> ModelVersion:

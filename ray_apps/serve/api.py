@@ -1,50 +1,28 @@
 """The platform's API application: one Serve ingress deployment, two transports.
 
-=================  ===================================  ==========================================
-gRPC service       gRPC method                          HTTP
-=================  ===================================  ==========================================
-SegmentService     ``GetSegment``                       ``GET /v1/users/{id}/segment``
-ProfileService     ``GetProfile`` (field mask)          ``GET /v1/users/{id}/profile?fields=a,b``
-EventService       ``TrackEvents``                      ``POST /v1/events``
-CtrService         ``ScoreBatch``                       ``POST /v1/ctr/score``
-RecommendService   ``Recommend``                        ``GET /v1/users/{id}/recommendations``
-ChurnService       ``GetChurnRisk``                     ``GET /v1/users/{id}/churn``
-OfferService       ``GenerateOffer``                    ``POST /v1/offers``
-BudgetService      ``OptimizeBudget``                   ``POST /v1/budget/optimize``
-ChannelService     ``ChooseChannel``, ``ReportOutcome`` ``POST /v1/channels/choose``, ``.../outcome``
-ExperimentService  ``AnalyzeConversions``               ``POST /v1/experiments/conversions``
-                   ``CompareMeans``                     ``POST /v1/experiments/means``
-                   ``SequentialTest``                   ``POST /v1/experiments/sequential``
-                   ``SampleSize``                       ``POST /v1/experiments/sample-size``
-                   ``SegmentSignificance``              ``POST /v1/experiments/segments``
-                   ``GoalGap``                          ``POST /v1/experiments/goal-gap``
-FunnelService      ``GetFunnel``                        ``GET /v1/funnels?funnel=&by=&from=&to=``
-PricingService     ``ForecastDemand``                   ``GET /v1/pricing/forecast?category=...``
-                   ``ProposeDiscounts``                 ``POST /v1/pricing/discounts``
-=================  ===================================  ==========================================
-
-Serve's gRPC proxy calls the deployment method named like the RPC; its HTTP proxy routes
-to the FastAPI app. Both go through the same lookups, so both answer the same.
+The services, the model each waits for and their HTTP routes are declared once, in
+:data:`ray_apps.serve.services.SERVICES` (docs/api.md has the table). :class:`ApiReplica` holds a
+replica's lookups and adapts both transports to them: Serve's gRPC proxy calls the method named
+like the RPC, and the HTTP app (:func:`ray_apps.serve.http_app.build_http_app`, built in each
+replica) calls the handler its route names. Both go through the same lookups, so both answer the same.
 """
 
-# No `from __future__ import annotations` here: FastAPI resolves the request-body model from
-# the route's annotations at runtime, and Serve's class ingress cannot resolve a string.
+# No `from __future__ import annotations` here: FastAPI resolves the HTTP handlers' parameter
+# models from their annotations at runtime.
 import asyncio
 import logging
 import threading
 from typing import Any
 
-from fastapi import Body, Depends, FastAPI, Header, Query
-from google.protobuf.json_format import MessageToDict
+from fastapi import Body, FastAPI, Query
 from grpc_health.v1 import health_pb2
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve import Application
 
-from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.errors import NotFound
 from cluster.core.settings import Settings, load_settings
 from cluster.core.storage import open_lake, open_profile_store
-from cluster.core.storage.tombstones import Tombstones
+from cluster.core.tombstones import Tombstones
 from protos.marketing.v1 import (
     budget_pb2,
     channel_pb2,
@@ -77,129 +55,16 @@ from ray_apps.profiles.service import ProfileLookup
 from ray_apps.recs.service import Recommender
 from ray_apps.registry import ModelRegistry
 from ray_apps.segments.service import CurrentSegmentModel, user_segments_of
-from ray_apps.serve.auth import ApiKeys, require_api_key
-from ray_apps.serve.auth import install as install_api_keys
-from ray_apps.serve.errors import grpc_method, install_http_error_handlers
+from ray_apps.serve.auth import ApiKeys
+from ray_apps.serve.errors import grpc_method
+from ray_apps.serve.http_app import build_http_app
+from ray_apps.serve.http_models import ChannelTargetIn, EventsIn, OfferIn, OptimizeBudgetIn, OutcomeIn, ScoreBatchIn
 from ray_apps.serve.metrics import record_events
+from ray_apps.serve.services import service_named
 
-__all__ = ["build_app", "build_api_app", "MarketingApi", "GRPC_SERVICERS"]
+__all__ = ["ApiReplica", "MarketingApi", "build_api_app", "build_app"]
 
 log = logging.getLogger(__name__)
-
-#: What Serve's gRPC proxy must register (it imports these in its own process).
-GRPC_SERVICERS = [
-    "protos.marketing.v1.segment_pb2_grpc.add_SegmentServiceServicer_to_server",
-    "protos.marketing.v1.profile_pb2_grpc.add_ProfileServiceServicer_to_server",
-    "protos.marketing.v1.events_pb2_grpc.add_EventServiceServicer_to_server",
-    "protos.marketing.v1.ctr_pb2_grpc.add_CtrServiceServicer_to_server",
-    "protos.marketing.v1.recommend_pb2_grpc.add_RecommendServiceServicer_to_server",
-    "protos.marketing.v1.churn_pb2_grpc.add_ChurnServiceServicer_to_server",
-    "protos.marketing.v1.offer_pb2_grpc.add_OfferServiceServicer_to_server",
-    "protos.marketing.v1.budget_pb2_grpc.add_BudgetServiceServicer_to_server",
-    "protos.marketing.v1.channel_pb2_grpc.add_ChannelServiceServicer_to_server",
-    "protos.marketing.v1.experiment_pb2_grpc.add_ExperimentServiceServicer_to_server",
-    "protos.marketing.v1.pricing_pb2_grpc.add_PricingServiceServicer_to_server",
-    "protos.marketing.v1.funnel_pb2_grpc.add_FunnelServiceServicer_to_server",
-    # The standard health service (grpc_health_probe, Kubernetes gRPC probes): Check only.
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-]
-#: gRPC service -> the model family it needs (None: no model).
-SERVICE_MODELS = {
-    "marketing.v1.SegmentService": "segments", "marketing.v1.ProfileService": None,
-    "marketing.v1.EventService": None, "marketing.v1.CtrService": "ctr",
-    "marketing.v1.RecommendService": "recs", "marketing.v1.ChurnService": "churn",
-    "marketing.v1.OfferService": "segments", "marketing.v1.BudgetService": None,
-    "marketing.v1.ChannelService": "segments", "marketing.v1.ExperimentService": None,
-    "marketing.v1.PricingService": "demand", "marketing.v1.FunnelService": None,
-}
-
-def _require_api_key(authorization: str | None = Header(None, include_in_schema=False)) -> None:
-    """Every route needs ``Authorization: Bearer <key>`` when keys are configured."""
-    require_api_key(authorization)
-
-
-http_app = FastAPI(
-    dependencies=[Depends(_require_api_key)],
-    title="Precision-marketing platform API",
-    version="v1",
-    description="Segments, 360° profiles, real-time events, CTR scores, recommendations, churn risk, "
-                "offers, budget allocation, channel choice, experiment statistics, goal gaps and time-slot pricing. Errors: 404 unknown user, "
-                "409 no model yet (or a precondition such as consent), 422 invalid argument "
-                "(the body names the field), 401 missing or unknown API key (when keys are configured: "
-                "send `Authorization: Bearer <key>`).",
-)
-install_http_error_handlers(http_app)
-
-
-class EventIn(BaseModel):
-    """One event, in the data contract's vocabulary; values are judged by the intake."""
-
-    model_config = ConfigDict(extra="ignore")
-    event_id: str | None = None
-    user_id: str | None = None
-    ts: str | int | None = None
-    action: str | None = None
-    item_id: str | int | None = None
-    category: str | None = None
-    brand: str | None = None
-    device_type: str | None = None
-
-
-class EventsIn(BaseModel):
-    events: list[EventIn] = Field(..., description="the batch; each event is accepted or rejected on its own")
-
-
-class AdCandidateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: str = ""
-    ad_id: str = ""
-    campaign_id: str = ""
-    channel: str = ""
-    # the contract's type is text; a JSON number is taken as its text, as in events.jsonl
-    ad_position: str | int = ""
-    device_type: str = ""
-
-    @field_validator("ad_position", mode="after")
-    @classmethod
-    def _position_text(cls, value: str | int) -> str:
-        return str(value)
-
-
-class ScoreBatchIn(BaseModel):
-    candidates: list[AdCandidateIn] = Field(..., description="user-ad pairs to score, 1..serve.max_batch")
-
-
-class OfferIn(BaseModel):
-    user_id: str = ""
-    campaign_id: str = ""
-
-
-class BudgetChannelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = ""
-    cost_per_placement: float = 0.0
-    roi: float = 0.0
-    max_placements: float = 0.0
-    min_placements: float = 0.0
-
-
-class OptimizeBudgetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    channels: list[BudgetChannelIn] = []
-    total_budget: float = 0.0
-    objective: str = ""
-    integer_placements: bool = False
-
-
-class ChannelTargetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: str | None = None
-    segment_id: int | None = None
-
-
-class OutcomeIn(ChannelTargetIn):
-    channel: str = ""
-    converted: bool = False
 
 
 def _budget_channels(raw: list[Any]) -> list[Channel]:
@@ -226,6 +91,10 @@ def _target(message: Any) -> dict[str, Any]:
         {"segment_id": message.segment_id} if which == "segment_id" else {})
 
 
+#: ExperimentService request type -> its computation (GoalGap also needs the campaign table).
+_EXPERIMENTS = {request_type: compute for request_type, compute in experiments.HTTP_ROUTES.values()}
+
+
 def _result_message(result: IntakeResult) -> events_pb2.TrackEventsResponse:
     return events_pb2.TrackEventsResponse(
         accepted=result.accepted,
@@ -235,18 +104,14 @@ def _result_message(result: IntakeResult) -> events_pb2.TrackEventsResponse:
     )
 
 
-def _as_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
-@serve.ingress(http_app)
-class MarketingApi:
-    """Adapts requests on both transports to the lookups and the event intake."""
+class ApiReplica:
+    """One replica's lookups and event intake, adapted to both transports: the gRPC methods are
+    named after the RPCs, the HTTP handlers are the ones :data:`~ray_apps.serve.services.SERVICES`
+    names. Plain Python: the Serve deployment is :data:`MarketingApi`; a test builds this over
+    local back-ends and its HTTP app with :func:`~ray_apps.serve.http_app.build_http_app`."""
 
     def __init__(self, settings: Settings) -> None:
         self._auth = ApiKeys.from_settings(settings.serve.auth)
-        install_api_keys(self._auth)  # for the HTTP routes' dependency
         if self._auth.enabled:
             log.info("API keys on for %d client(s): %s", len(self._auth.clients), ", ".join(self._auth.clients))
         lake = open_lake(settings)
@@ -296,12 +161,16 @@ class MarketingApi:
             except Exception:  # noqa: BLE001 - keep flushing; the events stay buffered
                 log.exception("appending real-time events to the lake failed; will retry")
 
-    def __del__(self) -> None:
+    def close(self) -> None:
+        """Stop the flusher and append the buffered events to the lake."""
         self._stop.set()
         try:
             self._intake.flush()
         except Exception:  # noqa: BLE001 - shutting down
             log.exception("final flush of real-time events failed")
+
+    def __del__(self) -> None:
+        self.close()
 
     # -- grpc.health.v1.Health -------------------------------------------------------------
     @grpc_method(health_pb2.HealthCheckResponse)
@@ -311,11 +180,11 @@ class MarketingApi:
         status = health_pb2.HealthCheckResponse
         if request.service in ("", "grpc.health.v1.Health"):
             return status(status=status.SERVING)
-        if request.service not in SERVICE_MODELS:
+        spec = service_named(request.service)
+        if spec is None:
             raise NotFound(f"unknown service {request.service!r}")
-        family = SERVICE_MODELS[request.service]
         holder = {"segments": self._segments, "ctr": self._ctr, "recs": self._recs, "churn": self._churn,
-                  "demand": self._pricing}.get(family)
+                  "demand": self._pricing}.get(spec.model)
         if holder is not None:
             holder.refresh()
             if holder.version is None:
@@ -327,42 +196,20 @@ class MarketingApi:
     async def GetSegment(self, request: segment_pb2.GetSegmentRequest) -> segment_pb2.GetSegmentResponse:
         return self._segments.lookup().get(request.user_id)
 
-    @http_app.get(
-        "/v1/users/{user_id:path}/segment",
-        summary="The user's segment",
-        responses={404: {"description": "user never seen (no profile); a known user without a paid order "
-                                        "is in segment no_purchases (id -1)"}, 422: {"description": "bad user_id"},
-                   409: {"description": "no segments model trained yet"}},
-    )
-    def get_segment_http(self, user_id: str) -> dict[str, Any]:
-        return _as_dict(self._segments.lookup().get(user_id))
-
-    @http_app.get("/v1/users//segment", include_in_schema=False)
-    @http_app.get("/v1/users//profile", include_in_schema=False)
-    @http_app.get("/v1/users//recommendations", include_in_schema=False)
-    @http_app.get("/v1/users//churn", include_in_schema=False)
-    def get_user_http_empty_id(self) -> dict[str, Any]:
-        # An empty path segment matches no route and would be a bare 404; the contract
-        # says an empty id is an invalid argument on both transports.
-        raise InvalidArgument("user_id must not be empty", field="user_id")
+    def get_segment_http(self, user_id: str) -> segment_pb2.GetSegmentResponse:
+        return self._segments.lookup().get(user_id)
 
     # -- ProfileService --------------------------------------------------------------------
     @grpc_method(profile_pb2.Profile)
     async def GetProfile(self, request: profile_pb2.GetProfileRequest) -> profile_pb2.Profile:
         return self._profiles.get(request.user_id, list(request.field_mask.paths))
 
-    @http_app.get(
-        "/v1/users/{user_id:path}/profile",
-        summary="The user's 360° profile",
-        responses={404: {"description": "no profile for the user"},
-                   422: {"description": "bad user_id or unknown field in fields"}},
-    )
     def get_profile_http(
         self, user_id: str,
         fields: str = Query("", description="comma-separated top-level fields to return (default: all)"),
-    ) -> dict[str, Any]:
+    ) -> profile_pb2.Profile:
         paths = [p.strip() for p in fields.split(",") if p.strip()]
-        return _as_dict(self._profiles.get(user_id, paths))
+        return self._profiles.get(user_id, paths)
 
     # -- EventService ----------------------------------------------------------------------
     @grpc_method(events_pb2.TrackEventsResponse)
@@ -370,78 +217,47 @@ class MarketingApi:
         events = [{k: getattr(e, k) for k in EVENT_FIELDS} for e in request.events]
         return _result_message(self._track(events))
 
-    @http_app.post(
-        "/v1/events",
-        summary="Track a batch of behaviour events",
-        responses={422: {"description": "empty or over-large batch, or a malformed body"}},
-    )
-    def track_events_http(self, body: EventsIn = Body(...)) -> dict[str, Any]:
+    def track_events_http(self, body: EventsIn = Body(...)) -> events_pb2.TrackEventsResponse:
         events = [e.model_dump() for e in body.events]
-        return _as_dict(_result_message(self._track(events)))
+        return _result_message(self._track(events))
 
     # -- CtrService ------------------------------------------------------------------------
     @grpc_method(ctr_pb2.ScoreBatchResponse)
     async def ScoreBatch(self, request: ctr_pb2.ScoreBatchRequest) -> ctr_pb2.ScoreBatchResponse:
         return self._ctr.get().score([candidate_dict(c) for c in request.candidates])
 
-    @http_app.post(
-        "/v1/ctr/score",
-        summary="Click probabilities of user-ad candidate pairs",
-        responses={409: {"description": "no CTR model trained yet"},
-                   422: {"description": "empty or over-large batch, or a bad candidate field"}},
-    )
-    def score_batch_http(self, body: ScoreBatchIn = Body(...)) -> dict[str, Any]:
-        return _as_dict(self._ctr.get().score([c.model_dump() for c in body.candidates]))
+    def score_batch_http(self, body: ScoreBatchIn = Body(...)) -> ctr_pb2.ScoreBatchResponse:
+        return self._ctr.get().score([c.model_dump() for c in body.candidates])
 
     # -- RecommendService ------------------------------------------------------------------
     @grpc_method(recommend_pb2.RecommendResponse)
     async def Recommend(self, request: recommend_pb2.RecommendRequest) -> recommend_pb2.RecommendResponse:
         return self._recs.get().recommend(request.user_id, request.n, list(request.exclude_item_ids))
 
-    @http_app.get(
-        "/v1/users/{user_id:path}/recommendations",
-        summary="The n best items the user has not seen, with the reason",
-        responses={409: {"description": "no recommendation model trained yet"},
-                   422: {"description": "bad user_id, n or exclude"}},
-    )
     def recommend_http(
         self, user_id: str, n: int = Query(0, description="list length 1..100 (0: 10)"),
         exclude: list[str] = Query([], description="an item id never to list, taken verbatim (an item id may "
                                    "hold a comma); repeat the parameter for several: exclude=a&exclude=b"),
-    ) -> dict[str, Any]:
-        return _as_dict(self._recs.get().recommend(user_id, n, [i for i in exclude if i]))
+    ) -> recommend_pb2.RecommendResponse:
+        return self._recs.get().recommend(user_id, n, [i for i in exclude if i])
 
     # -- ChurnService ----------------------------------------------------------------------
     @grpc_method(churn_pb2.ChurnRisk)
     async def GetChurnRisk(self, request: churn_pb2.GetChurnRiskRequest) -> churn_pb2.ChurnRisk:
         return self._churn.get().risk(request.user_id, request.curve_step_days)
 
-    @http_app.get(
-        "/v1/users/{user_id:path}/churn",
-        summary="Churn risk, survival curve, median time to churn and contact day",
-        responses={404: {"description": "user not in the churn table"},
-                   409: {"description": "no churn model trained yet"},
-                   422: {"description": "bad user_id or curve_step_days"}},
-    )
     def churn_http(self, user_id: str,
                    curve_step_days: int = Query(0, description="days between curve points 1..90 (0: 7)")
-                   ) -> dict[str, Any]:
-        return _as_dict(self._churn.get().risk(user_id, curve_step_days))
+                   ) -> churn_pb2.ChurnRisk:
+        return self._churn.get().risk(user_id, curve_step_days)
 
     # -- OfferService ----------------------------------------------------------------------
     @grpc_method(offer_pb2.Offer)
     async def GenerateOffer(self, request: offer_pb2.GenerateOfferRequest) -> offer_pb2.Offer:
         return self._offers.generate(request.user_id, request.campaign_id)
 
-    @http_app.post(
-        "/v1/offers",
-        summary="The user's offer for a campaign (idempotent while valid)",
-        responses={404: {"description": "unknown campaign or user"},
-                   409: {"description": "no consented channel, campaign cap reached, or no segments model"},
-                   422: {"description": "bad user_id or campaign_id"}},
-    )
-    def generate_offer_http(self, body: OfferIn = Body(...)) -> dict[str, Any]:
-        return _as_dict(self._offers.generate(body.user_id, body.campaign_id))
+    def generate_offer_http(self, body: OfferIn = Body(...)) -> offer_pb2.Offer:
+        return self._offers.generate(body.user_id, body.campaign_id)
 
     # -- BudgetService ---------------------------------------------------------------------
     @grpc_method(budget_pb2.OptimizeBudgetResponse)
@@ -453,16 +269,10 @@ class MarketingApi:
             objective=request.objective or "revenue", integer=request.integer_placements)
         return _budget_message(plan)
 
-    @http_app.post(
-        "/v1/budget/optimize",
-        summary="Split a budget over channels (linear programme, PuLP)",
-        responses={409: {"description": "infeasible: the message names the constraints in conflict"},
-                   422: {"description": "a field out of range (named)"}},
-    )
-    def optimize_budget_http(self, body: OptimizeBudgetIn = Body(...)) -> dict[str, Any]:
+    def optimize_budget_http(self, body: OptimizeBudgetIn = Body(...)) -> budget_pb2.OptimizeBudgetResponse:
         plan = optimize_budget(_budget_channels(body.channels), body.total_budget,
                                objective=body.objective or "revenue", integer=body.integer_placements)
-        return _as_dict(_budget_message(plan))
+        return _budget_message(plan)
 
     # -- ChannelService --------------------------------------------------------------------
     @grpc_method(channel_pb2.ChooseChannelResponse)
@@ -473,24 +283,12 @@ class MarketingApi:
     async def ReportOutcome(self, request: channel_pb2.ReportOutcomeRequest) -> channel_pb2.ReportOutcomeResponse:
         return self._channels.report(channel=request.channel, converted=request.converted, **_target(request))
 
-    @http_app.post(
-        "/v1/channels/choose",
-        summary="Pick a channel by Thompson sampling (for a user or a segment)",
-        responses={404: {"description": "no profile for the user"},
-                   409: {"description": "no consented channel, or no segments model"},
-                   422: {"description": "neither or both targets, or a bad field"}},
-    )
-    def choose_channel_http(self, body: ChannelTargetIn = Body(...)) -> dict[str, Any]:
-        return _as_dict(self._channels.choose(user_id=body.user_id, segment_id=body.segment_id))
+    def choose_channel_http(self, body: ChannelTargetIn = Body(...)) -> channel_pb2.ChooseChannelResponse:
+        return self._channels.choose(user_id=body.user_id, segment_id=body.segment_id)
 
-    @http_app.post(
-        "/v1/channels/outcome",
-        summary="Report a contact's outcome to the channel bandit",
-        responses={404: {"description": "no profile for the user"}, 422: {"description": "a bad field"}},
-    )
-    def report_outcome_http(self, body: OutcomeIn = Body(...)) -> dict[str, Any]:
-        return _as_dict(self._channels.report(channel=body.channel, converted=body.converted,
-                                              user_id=body.user_id, segment_id=body.segment_id))
+    def report_outcome_http(self, body: OutcomeIn = Body(...)) -> channel_pb2.ReportOutcomeResponse:
+        return self._channels.report(channel=body.channel, converted=body.converted, user_id=body.user_id,
+                                     segment_id=body.segment_id)
 
     # -- ExperimentService -----------------------------------------------------------------
     # Pure computations: CPU-bound ones (many values, many looks) run off the event loop.
@@ -517,23 +315,11 @@ class MarketingApi:
                                   ) -> experiment_pb2.SegmentSignificanceResponse:
         return await asyncio.to_thread(experiments.segment_significance_of, request)
 
-    @http_app.post(
-        "/v1/experiments/{name}",
-        summary="Experiment statistics: name is conversions, means, sequential, sample-size, segments or "
-                "goal-gap; the body is the ExperimentService request message as JSON",
-        responses={404: {"description": "no such computation, or (goal-gap) a campaign without results"},
-                   409: {"description": "goal-gap: no campaign_daily table yet"},
-                   422: {"description": "a field out of range (named)"}},
-    )
-    def experiment_http(self, name: str, body: dict = Body(...)) -> dict[str, Any]:
-        if name not in experiments.HTTP_ROUTES:
-            raise NotFound(f"no experiment computation {name!r}; one of {', '.join(experiments.HTTP_ROUTES)}",
-                           field="name")
-        request_type, compute = experiments.HTTP_ROUTES[name]
-        request = experiments.parse_request(body, request_type)
-        if name == "goal-gap":
-            return _as_dict(compute(request, self._campaign_daily))
-        return _as_dict(compute(request))
+    def experiment_http(self, request: Any) -> Any:
+        """HTTP: the ExperimentService computation for the request message's type."""
+        if isinstance(request, experiment_pb2.GoalGapRequest):
+            return experiments.goal_gap_of(request, self._campaign_daily)
+        return _EXPERIMENTS[type(request)](request)
 
     @grpc_method(experiment_pb2.GoalGapResponse)
     async def GoalGap(self, request: experiment_pb2.GoalGapRequest) -> experiment_pb2.GoalGapResponse:
@@ -556,53 +342,42 @@ class MarketingApi:
     async def GetFunnel(self, request: funnel_pb2.GetFunnelRequest) -> funnel_pb2.FunnelResponse:
         return await asyncio.to_thread(self._funnel, request)
 
-    @http_app.get(
-        "/v1/funnels",
-        summary="Users at each step of a funnel (funnels.definitions), conversion and drop-off between steps and "
-                "the median time between them, overall and by segment, channel or device",
-        responses={409: {"description": "no funnel table yet (or no segments model for by=segment)"},
-                   422: {"description": "unknown funnel, group or parameter; bad dates"}},
-    )
     def funnel_http(self, funnel: str = Query("", description="funnel name; empty = default"),
                     by: str = Query("", description="'', segment, channel or device"),
                     from_: str = Query("", alias="from", description="first day of the first step, YYYY-MM-DD"),
-                    to: str = Query("", description="last day of the first step, YYYY-MM-DD")) -> dict[str, Any]:
+                    to: str = Query("", description="last day of the first step, YYYY-MM-DD")
+                    ) -> funnel_pb2.FunnelResponse:
         request = http_query_to_request({"funnel": funnel, "by": by, "from": from_, "to": to})
-        return _as_dict(self._funnel(request))
+        return self._funnel(request)
 
     # -- PricingService ----------------------------------------------------------------------
     @grpc_method(pricing_pb2.ForecastDemandResponse)
     async def ForecastDemand(self, request: pricing_pb2.ForecastDemandRequest) -> pricing_pb2.ForecastDemandResponse:
         return self._pricing.get().forecast(request)
 
-    @http_app.get(
-        "/v1/pricing/forecast",
-        summary="Expected orders of a category in each weekday-hour slot of a coming week, with the elasticity "
-                "and the forecast's held-out error",
-        responses={409: {"description": "no demand model trained yet"},
-                   422: {"description": "unknown category or price_ratio out of range"}},
-    )
     def forecast_http(self, category: str = Query("", description="a product category, e.g. 手机"),
                       price_ratio: float = Query(0.0, description="price / list price, (0, 1.5]; 0 = 1")
-                      ) -> dict[str, Any]:
-        return _as_dict(self._pricing.get().forecast(
-            pricing_pb2.ForecastDemandRequest(category=category, price_ratio=price_ratio)))
+                      ) -> pricing_pb2.ForecastDemandResponse:
+        return self._pricing.get().forecast(pricing_pb2.ForecastDemandRequest(category=category,
+                                                                             price_ratio=price_ratio))
 
     @grpc_method(pricing_pb2.ProposeDiscountsResponse)
     async def ProposeDiscounts(self, request: pricing_pb2.ProposeDiscountsRequest
                                ) -> pricing_pb2.ProposeDiscountsResponse:
         return await asyncio.to_thread(self._pricing.get().propose, request)
 
-    @http_app.post(
-        "/v1/pricing/discounts",
-        summary="Off-peak discounts per weekday-hour slot maximising the week's expected margin within a discount "
-                "budget; the body is the ProposeDiscountsRequest message as JSON",
-        responses={409: {"description": "no demand model trained yet"},
-                   422: {"description": "a field out of range (named)"}},
-    )
-    def discounts_http(self, body: dict = Body(...)) -> dict[str, Any]:
-        request = experiments.parse_request(body, pricing_pb2.ProposeDiscountsRequest)
-        return _as_dict(self._pricing.get().propose(request))
+    def discounts_http(self, request: pricing_pb2.ProposeDiscountsRequest) -> pricing_pb2.ProposeDiscountsResponse:
+        return self._pricing.get().propose(request)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.ingress()
+class MarketingApi(ApiReplica):
+    """The Serve deployment: an :class:`ApiReplica` whose HTTP app each replica builds around itself."""
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_http_app(self, self._auth)
+
 
 def build_api_app(settings: Settings) -> Application:
     """Bind the deployment with autoscaling from ``settings.serve.autoscaling``."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cluster.core.errors import ConfigError, Unauthenticated
 
-__all__ = ["ApiKeys", "bearer", "install", "parse_keys", "require_api_key"]
+__all__ = ["ApiKeys", "bearer", "parse_keys"]
 
 #: Shortest key accepted: shorter ones are guessable.
 MIN_KEY_LENGTH = 16
@@ -115,22 +115,3 @@ class ApiKeys:
         if found is None:
             raise Unauthenticated("unknown API key", field="authorization")
         return found
-
-
-#: The keys of this replica process, set by the ingress's constructor through :func:`install`.
-#: Serve may rebuild the ingress class by value in the replica, so a global assigned inside
-#: its ``__init__`` would land in a copy of the module's namespace; a call into this module
-#: (pickled by reference) sets the real one, which the HTTP dependency below reads.
-_installed: ApiKeys | None = None
-
-
-def install(keys: ApiKeys) -> None:
-    global _installed
-    _installed = keys
-
-
-def require_api_key(authorization: str | None = None) -> None:
-    """FastAPI dependency body: every HTTP route needs ``Authorization: Bearer <key>`` when
-    keys are configured."""
-    if _installed is not None and _installed.enabled:
-        _installed.check(bearer({"authorization": authorization} if authorization else None))

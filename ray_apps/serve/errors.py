@@ -86,8 +86,8 @@ def install_http_error_handlers(app: FastAPI) -> None:
             return response
         finally:
             route = request.scope.get("route")
-            # "{user_id:path}" (user ids may hold a slash) is labelled "{user_id}"
-            method = f"{request.method} {getattr(route, 'path', 'unmatched')}".replace(":path}", "}")
+            # the template without convertors: "{user_id:anything}" is labelled "{user_id}"
+            method = f"{request.method} {getattr(route, 'path_format', 'unmatched')}"
             record_request(method, "http", str(status), time.perf_counter() - started)
 
     @app.exception_handler(PlatformError)
@@ -97,7 +97,11 @@ def install_http_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        loc = first.get("loc", ())
+        # a body that is missing, not JSON or not an object is the body's fault (not a position in it)
+        where = () if first.get("type") == "json_invalid" else loc
+        field = ".".join(str(p) for p in where if p not in ("body", "query", "path")) or (
+            "body" if loc[:1] == ("body",) else "request")
         return JSONResponse(
             status_code=422,
             content={"error": {"code": "invalid_argument", "message": f"{field}: {first.get('msg')}", "field": field}},

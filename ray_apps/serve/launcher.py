@@ -15,7 +15,7 @@ from cluster.core.settings import ServeSettings, Settings
 
 __all__ = [
     "APP_NAME", "app_status", "check_ports_free", "delete", "deploy", "explain_bind_failure", "grpc_target",
-    "metrics_endpoints", "start_serving", "wait_for_model",
+    "metrics_endpoints", "start_serving",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ def start_serving(settings: Settings) -> None:
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from ray_apps.runtime import ensure_ray
-    from ray_apps.serve.api import GRPC_SERVICERS, build_api_app
+    from ray_apps.serve.api import build_api_app
+    from ray_apps.serve.services import GRPC_SERVICERS
 
     ensure_ray(settings)
     try:
@@ -52,7 +53,8 @@ def start_serving(settings: Settings) -> None:
             http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s,
                                      **_https_options(sv)),
             grpc_options=gRPCOptions(
-                port=sv.grpc_port, grpc_servicer_functions=GRPC_SERVICERS, request_timeout_s=sv.request_timeout_s
+                port=sv.grpc_port, grpc_servicer_functions=list(GRPC_SERVICERS),
+                request_timeout_s=sv.request_timeout_s
             ),
         )
     except Exception as exc:  # a RayTaskError wrapping the proxy's failure
@@ -232,36 +234,6 @@ def delete(settings: Settings) -> bool:
         return False
     serve.delete(APP_NAME)
     return True
-
-
-def wait_for_model(settings: Settings, user_id: str, ref: str, timeout_s: float | None = None) -> None:
-    """Wait until the running application answers ``user_id`` with model ``ref``.
-
-    A deployed application re-reads the registry every ``serve.model_refresh_s`` seconds,
-    so a newly trained model reaches it without a redeploy, after at most about that long.
-
-    Raises:
-        Unavailable: it did not within ``timeout_s`` (default: 3 refresh intervals + 30 s).
-    """
-    import time
-
-    from cluster.core.errors import PlatformError, Unavailable
-    from ray_apps.client import MarketingClient
-
-    timeout_s = timeout_s if timeout_s is not None else settings.serve.model_refresh_s * 3 + 30
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    with MarketingClient.from_settings(settings, timeout_s=10) as client:
-        while time.monotonic() < deadline:
-            try:
-                got = client.get_segment(user_id).model_version
-                if got == ref:
-                    return
-                last = f"it answered with {got}"
-            except PlatformError as exc:
-                last = f"{type(exc).__name__}: {exc.message}"
-            time.sleep(1)
-    raise Unavailable(f"the Serve application did not switch to model {ref} within {timeout_s:.0f}s ({last})")
 
 
 def _wait_for_proxies(settings: Settings, timeout_s: float = 60.0) -> None:

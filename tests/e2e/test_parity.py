@@ -58,7 +58,7 @@ def _served(settings, model, version, rows, tmp_path) -> np.ndarray:
     from cluster.core.storage.profile_store import SqliteProfileStore
     from protos.marketing.v1 import ctr_pb2
     from ray_apps.ctr.service import AD_FIELDS, CtrScorer, candidate_dict
-    from ray_apps.serve.api import AdCandidateIn
+    from ray_apps.serve.http_models import AdCandidateIn
 
     store = SqliteProfileStore(tmp_path / "parity-profiles.sqlite")
     scorer = CtrScorer(store, model, version, max_batch=len(rows) + 1,

@@ -366,7 +366,7 @@ def test_recommendations_api_answers_what_the_serving_code_answers(env):
 def _attributes(env):
     from cluster.core.feature_io import load_run
     from cluster.core.storage import Zone
-    from cluster.core.storage.tombstones import Tombstones
+    from cluster.core.tombstones import Tombstones
     from ray_apps.profiles.service import ProfileLookup
 
     def build():

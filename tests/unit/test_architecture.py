@@ -3,11 +3,13 @@
 * the import-linter contracts of pyproject.toml: the layers, no Spark job importing another, no
   cycle between sibling packages;
 * no import cycle between any two modules (lazy imports inside functions count: a cycle there
-  still means neither module can be understood without the other).
+  still means neither module can be understood without the other);
+* no lake path spelt outside the lake catalog (``cluster/core/catalog.py``).
 """
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -83,3 +85,90 @@ def test_module_cycles_are_found():
 def test_no_module_imports_itself_back():
     graph = grimp.build_graph(*PACKAGES, cache_dir=None)
     assert module_cycles(graph) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The lake catalog (cluster/core/catalog.py) is the only module that spells a lake path
+# ---------------------------------------------------------------------------------------------
+
+#: Methods of :class:`cluster.core.storage.lake.Lake` that take lake path parts.
+LAKE_METHODS = frozenset({"uri", "exists", "list_dir", "read_bytes", "write_bytes", "read_json", "write_json",
+                          "read_parquet", "delete", "stage_input"})
+#: The modules allowed to spell lake paths: the catalog, and the lake that resolves them.
+LAKE_PATH_OWNERS = ("cluster/core/catalog.py", "cluster/core/storage/lake.py")
+_POINTER_FILES = ("latest.json", "_meta.json")
+
+
+def _is_text_literal(node: ast.expr) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _is_zone_member(node: ast.expr) -> bool:
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "Zone"
+
+
+def _is_lake(node: ast.expr) -> bool:
+    name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+    return name in ("lake", "_lake") or name.endswith("_lake")
+
+
+def lake_path_literals(source: str, filename: str = "<string>") -> list[int]:
+    """Lines (sorted, each once) of calls that pass a string literal (or f-string) as a lake path.
+
+    A call is one when a positional argument is a string literal or f-string and either
+
+    * another positional argument is a ``Zone`` member (``lake.read_json(Zone.FEATURES, "rfm", ...)``,
+      or any helper taking the same parts);
+    * it calls a lake method on something named ``lake`` (``lake.read_parquet(base, "users")``);
+    * it calls a lake method with a pointer file name (``t.read_json(lake, "latest.json")``).
+
+    Other calls with literals (``os.path.exists("x")``, ``d.get("k")``) are not lake paths.
+    """
+    lines = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.Call):
+            continue
+        literals = [a for a in node.args if _is_text_literal(a)]
+        if not literals:
+            continue
+        func = node.func
+        lake_method = isinstance(func, ast.Attribute) and func.attr in LAKE_METHODS
+        pointer = any(isinstance(a, ast.Constant) and a.value.endswith(_POINTER_FILES) for a in literals)
+        if (any(_is_zone_member(a) for a in node.args)
+                or (lake_method and (_is_lake(func.value) or pointer))):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_lake_path_checker_flags_literal_paths_only():
+    planted = (
+        'lake.read_json(Zone.FEATURES, "rfm", "latest.json")\n'
+        'self._lake.list_dir(Zone.RAW, f"users/dt={day}")\n'
+        'read_table(lake, Zone.FEATURES, "rfm")\n'
+        'lake.read_parquet(meta["path"], "users")\n'
+        'catalog.RFM.read_json(lake, "latest.json")\n'
+    )
+    assert lake_path_literals(planted) == [1, 2, 3, 4, 5]
+    clean = (
+        "catalog.RFM.latest(lake)\n"
+        'catalog.CLEAN.read_parquet(lake, run_id, "users")\n'
+        "lake.read_json(*catalog.REGISTRY.parts(name, catalog.MODEL_CURRENT))\n"
+        'os.path.exists("x")\n'
+        'settings.get("lake", "x")\n'
+        'Path("a").read_text("utf-8")\n'
+        'log.info("wrote %s", "latest.json")\n'
+    )
+    assert lake_path_literals(clean) == []
+
+
+def test_no_lake_path_is_spelt_outside_the_catalog():
+    offenders = []
+    for package in ("cluster", "ray_apps", "spark_jobs"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            rel = path.relative_to(REPO).as_posix()
+            if rel in LAKE_PATH_OWNERS:
+                continue
+            offenders += [f"{rel}:{line}" for line in lake_path_literals(path.read_text("utf-8"), rel)]
+    assert not offenders, (
+        "lake paths spelt outside cluster/core/catalog.py (use a catalog Table: "
+        "RFM.latest(lake), RFM.run_uri(lake, run_id), REGISTRY.parts(...)):\n  " + "\n  ".join(offenders))

@@ -47,3 +47,23 @@ def test_report_outcome_is_not_repeated_after_a_bare_500():
     with pytest.raises(Unavailable):
         client.report_outcome_http("sms", True, user_id="u1")
     assert len(seen) == 1
+
+
+def test_wait_for_model_returns_once_the_app_answers_with_the_model(settings, monkeypatch):
+    from types import SimpleNamespace
+
+    from ray_apps.client import wait_for_model
+
+    answers = iter(["segments/v0001", "segments/v0002"])
+    asked: list[str] = []
+
+    def get_segment(self, user_id):
+        asked.append(user_id)
+        return SimpleNamespace(model_version=next(answers))
+
+    monkeypatch.setattr(MarketingClient, "get_segment", get_segment)
+    monkeypatch.setattr("ray_apps.client.time.sleep", lambda s: None)
+    wait_for_model(settings, "u1", "segments/v0002", timeout_s=60)
+    assert asked == ["u1", "u1"]
+    with pytest.raises(Unavailable, match="segments/v0003"):
+        wait_for_model(settings, "u1", "segments/v0003", timeout_s=0)

@@ -13,11 +13,11 @@ from pyspark.sql import functions as F
 from cluster.core.errors import FailedPrecondition, InvalidArgument
 from cluster.core.privacy import ID_NUMBER_COLUMN, PHONE_COLUMN
 from cluster.core.storage import Zone, open_lake
-from cluster.core.storage.tombstones import Tombstones
+from cluster.core.tombstones import Tombstones
 from cluster.datagen import generate
 from spark_jobs import clean, ingest
 from spark_jobs.clean import CleanOptions, ColumnRule
-from spark_jobs.rfm import rfm
+from spark_jobs.transforms import rfm
 
 AS_OF = date(2026, 7, 1)
 

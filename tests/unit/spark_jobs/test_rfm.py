@@ -2,7 +2,7 @@ from datetime import date, datetime
 
 from pyspark.testing import assertDataFrameEqual
 
-from spark_jobs.rfm import default_as_of, rfm
+from spark_jobs.transforms import default_as_of, rfm
 
 COLS = "order_id string, user_id string, order_time timestamp, amount double, status string"
 

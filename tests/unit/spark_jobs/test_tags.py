@@ -271,7 +271,7 @@ def test_interactions_take_the_strongest_action_per_user_and_item(spark):
 def test_main_needs_orders_works_without_events_and_skips_forgotten_users(settings_factory, spark):
     from cluster.core.errors import FailedPrecondition
     from cluster.core.storage import Zone, open_lake, open_profile_store
-    from cluster.core.storage.tombstones import Tombstones
+    from cluster.core.tombstones import Tombstones
     from spark_jobs import tags
 
     settings = settings_factory()

@@ -21,7 +21,7 @@ from pyspark.testing import assertDataFrameEqual
 from cluster.core.errors import FailedPrecondition
 from cluster.core.storage import Zone, open_lake
 from spark_jobs import training_tables as tt
-from spark_jobs.rfm import rfm
+from spark_jobs.transforms import rfm
 
 USERS = ("user_id string, gender string, birth_date date, city string, signup_time timestamp, "
          "opt_in_sms boolean, opt_in_push boolean, opt_in_email boolean")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cluster import cli
+from cluster.cli import context
 from cluster.core.errors import FailedPrecondition, describe
 from tests.ports import free_port
 
@@ -203,7 +204,7 @@ class RayTaskError(Exception):
 
 
 def test_unexpected_error_is_one_masked_line_and_exit_1(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_settings", _raise(ValueError(f"invalid literal for int() with base 10: '{PHONE}'")))
+    monkeypatch.setattr(context, "load_settings", _raise(ValueError(f"invalid literal for int() with base 10: '{PHONE}'")))
     assert cli.main(["settings", "show"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines() == ["error in pmkt settings show: ValueError: invalid literal for int() with base 10: "
@@ -211,7 +212,7 @@ def test_unexpected_error_is_one_masked_line_and_exit_1(monkeypatch, capsys):
 
 
 def test_verbose_prints_the_trace_then_the_line(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_settings", _raise(ValueError("invalid literal for int() with base 10: 'x'")))
+    monkeypatch.setattr(context, "load_settings", _raise(ValueError("invalid literal for int() with base 10: 'x'")))
     assert cli.main(["-v", "settings", "show"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "Traceback (most recent call last):"
@@ -223,7 +224,7 @@ def test_verbose_prints_the_trace_then_the_line(monkeypatch, capsys):
 def test_spark_error_is_its_first_line_without_the_jvm_trace(monkeypatch, capsys):
     desc = ("[PATH_NOT_FOUND] Path does not exist: file:/lake/raw/orders.\n\nJVM stacktrace:\n"
             "org.apache.spark.sql.AnalysisException: [PATH_NOT_FOUND] ...\n\tat org.apache.spark.sql.Dataset.ofRows")
-    monkeypatch.setattr(cli, "load_settings", _raise(AnalysisException(desc)))
+    monkeypatch.setattr(context, "load_settings", _raise(AnalysisException(desc)))
     assert cli.main(["settings", "show"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "error in pmkt settings show: AnalysisException: [PATH_NOT_FOUND] Path does not exist: "
@@ -232,14 +233,14 @@ def test_spark_error_is_its_first_line_without_the_jvm_trace(monkeypatch, capsys
 
 def test_platform_error_raised_in_a_ray_task_is_a_platform_error(monkeypatch, capsys):
     wrapped = RayTaskError(FailedPrecondition("no rfm features yet: run `pmkt features rfm` first"))
-    monkeypatch.setattr(cli, "load_settings", _raise(wrapped))
+    monkeypatch.setattr(context, "load_settings", _raise(wrapped))
     assert cli.main(["settings", "show"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "error in pmkt settings show: no rfm features yet: run `pmkt features rfm` first"]
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_settings", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr(context, "load_settings", _raise(KeyboardInterrupt()))
     assert cli.main(["settings", "show"]) == 130
     assert [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()] == ["pmkt settings show: interrupted"]
 

@@ -254,7 +254,7 @@ def test_privacy_settings_in_the_profiles(tmp_path):
     assert embedded.privacy.key_file == (tmp_path / "var" / "keys" / "pii.keys").resolve()
     assert embedded.privacy.create_key_file is True and embedded.privacy.key_env == "PMKT_PII_KEYS"
     cluster = load_settings("cluster", env={})
-    assert cluster.core.privacy.key_file is None and cluster.core.privacy.create_key_file is False
+    assert cluster.privacy.key_file is None and cluster.privacy.create_key_file is False
     relative = load_settings("cluster", env={"PMKT_PII_KEY_FILE": "conf/pii.keys"})
     assert relative.privacy.key_file == (Path.cwd() / "conf" / "pii.keys").resolve()
     with pytest.raises(ConfigError, match="create_key_file"):

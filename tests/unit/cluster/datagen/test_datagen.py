@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -58,6 +59,14 @@ def _number(value: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _amount_failure(value: str, negative: str) -> str:
+    """The reason a non-empty amount or cost is refused (``negative`` below zero); "" if it is not."""
+    if not value:
+        return ""
+    x = _number(value)
+    return "bad_number" if x is None else negative if x < 0 else ""
+
+
 def _failures(name: str, row: dict) -> list[str]:
     """Every quarantine reason that applies to a parsed row (the contract rules)."""
     ds = dataset(name)
@@ -68,10 +77,7 @@ def _failures(name: str, row: dict) -> list[str]:
         if row.get(col) not in (None, "") and parse_ts(row[col]) is None:
             out.append("bad_timestamp")
     if name == "orders":
-        amount = row.get("amount") or ""
-        if amount:
-            x = _number(amount)
-            out.append("bad_number" if x is None else "negative_amount" if x < 0 else "")
+        out.append(_amount_failure(row.get("amount") or "", "negative_amount"))
         qty = row.get("quantity") or ""
         if qty:
             q = _number(qty)
@@ -81,10 +87,7 @@ def _failures(name: str, row: dict) -> list[str]:
     if name == "events" and (row.get("action") or "") not in ACTIONS + ("",):
         out.append("unknown_action")
     if name == "impressions":
-        cost = row.get("cost") or ""
-        if cost:
-            x = _number(cost)
-            out.append("bad_number" if x is None else "negative_cost" if x < 0 else "")
+        out.append(_amount_failure(row.get("cost") or "", "negative_cost"))
         if (row.get("clicked") or "") not in ("0", "1", ""):
             out.append("bad_flag")
     return [r for r in out if r]
@@ -325,14 +328,21 @@ def test_rejects_sizes_it_cannot_honour(tmp_path, kwargs):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_every_timestamp_column_uses_all_three_formats(small_read):
-    _, rows = small_read
+def _timestamp_columns(rows: dict, min_share: float) -> Iterator[tuple[str, str, list[str]]]:
+    """(dataset, column, non-empty values) of every timestamp column, after checking that each of
+    the three formats writes more than ``min_share`` of the values."""
     for name, columns in TIME_COLUMNS.items():
         for col in columns:
             values = [r[col] for r in rows[name] if r.get(col)]
             for pattern in (LOCAL_RE, ISO_RE, EPOCH_MS_RE):
                 share = sum(bool(pattern.match(v)) for v in values) / len(values)
-                assert share > 0.02, (name, col, pattern.pattern, share)
+                assert share > min_share, (name, col, pattern.pattern, share)
+            yield name, col, values
+
+
+def test_every_timestamp_column_uses_all_three_formats(small_read):
+    _, rows = small_read
+    assert len(list(_timestamp_columns(rows, 0.02))) == sum(map(len, TIME_COLUMNS.values()))
 
 
 def test_activity_lies_inside_the_window_and_signup_before_it(small_read):
@@ -615,16 +625,11 @@ def test_varied_reference_reader_reproduces_expected_reconciliation(varied, vari
 
 def test_varied_timestamps_mix_all_three_styles_and_other_offsets(varied_read):
     _, rows = varied_read
-    for name, columns in TIME_COLUMNS.items():
-        for col in columns:
-            values = [r[col] for r in rows[name] if r.get(col)]
-            for pattern in (LOCAL_RE, ISO_RE, EPOCH_MS_RE):
-                share = sum(bool(pattern.match(v)) for v in values) / len(values)
-                assert share > 0.1, (name, col, pattern.pattern, share)
-            iso = [v for v in values if ISO_RE.match(v)]
-            assert any(v.endswith("Z") for v in iso), (name, col)
-            assert any(ISO_FRACTION_RE.search(v) for v in iso), (name, col)
-            assert len({v[-6:] for v in iso if not v.endswith("Z")}) >= 3, (name, col)  # other offsets
+    for name, col, values in _timestamp_columns(rows, 0.1):
+        iso = [v for v in values if ISO_RE.match(v)]
+        assert any(v.endswith("Z") for v in iso), (name, col)
+        assert any(ISO_FRACTION_RE.search(v) for v in iso), (name, col)
+        assert len({v[-6:] for v in iso if not v.endswith("Z")}) >= 3, (name, col)  # other offsets
 
 
 def test_varied_ids_follow_other_patterns(varied_read):

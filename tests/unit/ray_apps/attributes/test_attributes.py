@@ -32,7 +32,7 @@ def attr(built_tables, tmp_path_factory):
     """Attribute features built into the shared lake (a new table), the family searched in process
     and registered, the profiles' declared genders written to a private SQLite store, and one
     prediction run."""
-    from ray_apps.attributes import predict, train
+    from ray_apps.attributes import service, train
     from ray_apps.registry import ModelRegistry
     from ray_apps.tuning import grid_configs, run_trial
     from spark_jobs import attributes
@@ -58,7 +58,7 @@ def attr(built_tables, tmp_path_factory):
     declared = {u: g for u, g in zip(users["user_id"], users["gender"]) if isinstance(g, str) and g.strip()}
     store.write_batch((u, {"a:gender": g, "a:city": "北京"}) for u, g in declared.items())
     store.close()
-    first = predict.predict_and_store(s)
+    first = service.predict_and_store(s)
     return {"settings": s, "meta": meta, "features": features, "users": users, "declared": declared,
             "dataset": dataset, "fitted": fitted, "mv": mv, "first": first, "store_path": store_path}
 
@@ -229,12 +229,12 @@ def test_a_user_who_declares_later_shows_the_declared_value_and_the_prediction_i
 
 
 def test_rerun_is_idempotent(attr, tmp_path):
-    from ray_apps.attributes import predict
+    from ray_apps.attributes import service
 
     s = attr["settings"]
     path = s.profile_store.sqlite_path
     before = _snapshot(path)
-    second = predict.predict_and_store(s)
+    second = service.predict_and_store(s)
     assert second["written"] == 0 and second["retracted"] == 0
     assert second["unchanged"] == second["stored"]
     assert _snapshot(path) == before
@@ -269,15 +269,15 @@ def test_getprofile_renders_predicted_next_to_declared(attr):
 
 
 def test_settings_and_preconditions(attr, tmp_path):
-    from ray_apps.attributes import predict
+    from ray_apps.attributes import service
 
     with pytest.raises(ValueError, match="test_percent"):
         AttributeSettings(test_percent=40, valid_percent=30)
     s = attr["settings"]
     other = s.model_copy(update={"attributes": s.attributes.model_copy(update={"target": "city"})})
     with pytest.raises(FailedPrecondition, match="attributes.target"):
-        predict.predict_and_store(other)
+        service.predict_and_store(other)
     with pytest.raises(FailedPrecondition, match="no attributes model"):
-        predict.predict_and_store(s.model_copy(update={"lake": s.lake.model_copy(update={"root": tmp_path})}))
+        service.predict_and_store(s.model_copy(update={"lake": s.lake.model_copy(update={"root": tmp_path})}))
     with pytest.raises(FailedPrecondition):
         AttributeModel().fit(attr["features"].assign(declared="F"))

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 
 import pytest
 
+from cluster.core.catalog import RT_EVENTS
 from cluster.core.errors import InvalidArgument
-from cluster.core.storage import LocalLake, SqliteProfileStore, Zone, decode_counter
-from ray_apps.events.intake import RT_EVENTS_DIR, EventIntake, parse_event_time
+from cluster.core.storage import LocalLake, SqliteProfileStore, decode_counter
+from ray_apps.events.intake import EventIntake, parse_event_time
 
 NOW = datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc).timestamp()
 
@@ -97,13 +98,13 @@ def test_counters_are_atomic_under_concurrent_batches(parts):
 def test_events_reach_the_lake_in_batches_readable_by_spark(parts, spark):
     _store, lake, intake, clock = parts
     intake.track([_event(1), _event(2)])
-    assert lake.list_dir(Zone.RAW, RT_EVENTS_DIR) == []          # 2 < flush_rows, not old yet
+    assert RT_EVENTS.list_dir(lake) == []                        # 2 < flush_rows, not old yet
     intake.track([_event(3, ts="2026-06-30 23:59:59")])          # 3rd event: flush_rows reached
     assert intake.files_written == 2                             # one file per UTC day
     intake.track([_event(4)])
     clock[0] += 11                                               # older than flush_s
     assert intake.maybe_flush() == 1
-    frame = spark.read.parquet(lake.uri(Zone.RAW, RT_EVENTS_DIR))
+    frame = spark.read.parquet(RT_EVENTS.uri(lake))
     rows = {r["event_id"]: r for r in frame.collect()}
     assert set(rows) == {"e1", "e2", "e3", "e4"}
     assert {r["dt"].isoformat() if hasattr(r["dt"], "isoformat") else str(r["dt"]) for r in rows.values()} == {

@@ -12,7 +12,6 @@ import pytest
 import scipy.sparse as sp
 
 from cluster.core.errors import FailedPrecondition, InvalidArgument
-from cluster.core.storage import open_lake
 from ray_apps.recs.model import (
     EASE,
     REASON_CATEGORY,
@@ -188,14 +187,9 @@ def test_parse_model_specs():
             parse_model(bad)
 
 
-def test_ray_apps_recs_does_not_import_spark():
+def test_ray_apps_recs_does_not_import_spark(spark_free_import):
     """A Serve replica loads the model without pyspark installed."""
-    import subprocess
-    import sys
-
-    code = ("import sys, ray_apps.recs.train, ray_apps.recs.movielens; "
-            "sys.exit(1 if {'pyspark', 'spark_jobs'} & {m.split('.')[0] for m in sys.modules} else 0)")
-    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=120).returncode == 0
+    spark_free_import("ray_apps.recs.train", "ray_apps.recs.service", "ray_apps.recs.movielens")
 
 
 def test_load_names_the_command_when_features_are_missing(settings_factory):
@@ -320,20 +314,13 @@ def test_served_lists_exclude_seen_items_and_cold_users_get_their_categories(tun
     assert reason == REASON_POPULARITY and len(items) == 10
 
 
-def test_the_search_runs_through_ray_tune_and_registers_a_servable_model(tuned):
+def test_the_search_runs_through_ray_tune_and_registers_a_servable_model(tuned, tune_and_load):
     """The same family through `pmkt tune`'s runner: trials in Ray workers (read-only inputs), registry."""
     from ray_apps.recs.train import SPEC
-    from ray_apps.registry import ModelRegistry
-    from ray_apps.runtime import shutdown_ray
-    from ray_apps.tuning import run_tune
 
     settings = tuned["settings"]
-    try:
-        outcome = run_tune(settings, SPEC, scheduler="grid", smoke_test=True)
-    finally:
-        shutdown_ray()
+    outcome, model, mv = tune_and_load(settings, SPEC, scheduler="grid", smoke_test=True)
     assert outcome.complete and outcome.compute["trials"] == len(SPEC.space(settings, True)["model"])
-    model, mv = ModelRegistry(open_lake(settings)).load("recs")
     assert mv.version == outcome.version.version and mv.metrics[SPEC.metric] == pytest.approx(outcome.best_score)
     data = SPEC.load(settings, True).data
     user = data.user_ids[int(np.argmax(np.diff(data.full.indptr)))]  # the most active user

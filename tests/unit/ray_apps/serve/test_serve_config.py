@@ -14,11 +14,12 @@ def test_the_config_is_valid_for_serve_and_matches_the_cluster_profile():
     from ray.serve.schema import ServeDeploySchema
 
     from cluster.core.settings import load_settings
-    from ray_apps.serve.api import GRPC_SERVICERS, MarketingApi
+    from ray_apps.serve.api import MarketingApi
+    from ray_apps.serve.services import GRPC_SERVICERS
 
     config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))
     sv = load_settings("cluster", env={"PMKT_HOME": "/nonexistent"}).serve
-    assert config.grpc_options.grpc_servicer_functions == GRPC_SERVICERS
+    assert config.grpc_options.grpc_servicer_functions == list(GRPC_SERVICERS)
     assert (config.http_options.port, config.grpc_options.port) == (sv.http_port, sv.grpc_port)
     assert config.http_options.request_timeout_s == config.grpc_options.request_timeout_s == sv.request_timeout_s
     assert config.proxy_location == sv.proxy_location

@@ -1,10 +1,14 @@
 """Tombstones of forgotten users (right to erasure, PIPL art. 47 / GDPR art. 17).
 
 ``pmkt privacy forget USER_ID`` deletes the user's profile and counters and writes a
-tombstone to the lake (``privacy/tombstones/<sha256 of the id>.json``). Every later build
-excludes tombstoned users (:func:`spark_jobs.common.exclude_forgotten`), and the real-time
-intake rejects their events, so a forgotten user does not come back with the next run.
-The tombstone holds the platform's user id (a pseudonymous key), never personal data.
+tombstone to the lake (:data:`cluster.core.catalog.TOMBSTONES`, one ``<sha256 of the id>.json``
+per user). Every later build excludes tombstoned users from the catalog's personal tables
+(:func:`spark_jobs.common.exclude_forgotten`), and the real-time intake rejects their events, so
+a forgotten user does not come back with the next run. The tombstone holds the platform's user
+id (a pseudonymous key), never personal data.
+
+It lives above :mod:`cluster.core.storage` because it names its folder through the catalog,
+which itself builds on the storage back-ends.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from cluster.core.catalog import TOMBSTONES
 from cluster.core.errors import NotFound
-from cluster.core.storage.lake import Lake, Zone
+from cluster.core.storage.lake import Lake
 
-__all__ = ["Tombstones", "TOMBSTONE_DIR"]
-
-TOMBSTONE_DIR = "tombstones"
+__all__ = ["Tombstones"]
 
 
 def _name(user_id: str) -> str:
@@ -40,12 +43,13 @@ class Tombstones:
 
     def add(self, user_id: str, reason: str = "data subject request") -> bool:
         """Record the tombstone; False if the user was already forgotten (idempotent)."""
-        if self.lake.exists(Zone.PRIVACY, TOMBSTONE_DIR, _name(user_id)):
+        if TOMBSTONES.exists(self.lake, _name(user_id)):
             return False
-        self.lake.write_json(
+        TOMBSTONES.write_json(
+            self.lake,
             {"user_id": user_id, "forgotten_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "reason": reason},
-            Zone.PRIVACY, TOMBSTONE_DIR, _name(user_id),
+            _name(user_id),
         )
         with self._lock:
             if self._cache is not None:
@@ -54,15 +58,15 @@ class Tombstones:
 
     def is_forgotten(self, user_id: str) -> bool:
         """Uncached check (one lake lookup)."""
-        return self.lake.exists(Zone.PRIVACY, TOMBSTONE_DIR, _name(user_id))
+        return TOMBSTONES.exists(self.lake, _name(user_id))
 
     def all(self) -> set[str]:
         """Every forgotten user id."""
         out = set()
-        for name in self.lake.list_dir(Zone.PRIVACY, TOMBSTONE_DIR):
+        for name in TOMBSTONES.list_dir(self.lake):
             if name.endswith(".json"):
                 try:
-                    out.add(self.lake.read_json(Zone.PRIVACY, TOMBSTONE_DIR, name)["user_id"])
+                    out.add(TOMBSTONES.read_json(self.lake, name)["user_id"])
                 except NotFound:
                     continue
         return out
@@ -80,7 +84,7 @@ class Tombstones:
 
     def uri(self) -> str:
         """Where Spark reads the tombstones (JSON files)."""
-        return self.lake.uri(Zone.PRIVACY, TOMBSTONE_DIR)
+        return TOMBSTONES.uri(self.lake)
 
     def exists(self) -> bool:
-        return bool(self.lake.list_dir(Zone.PRIVACY, TOMBSTONE_DIR))
+        return bool(TOMBSTONES.list_dir(self.lake))
