@@ -1,4 +1,5 @@
-"""The platform's base: settings, errors, storage back-ends, the CLI."""
+"""The platform package: the base layer (``cluster.core``) and the entry points (``cluster.cli``,
+``cluster.datagen``, ``cluster.provision``); see docs/architecture.md."""
 
 import os as _os
 
