@@ -30,7 +30,9 @@ from cluster.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PlatformError,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -71,9 +73,12 @@ _FROM_GRPC = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
 }
-_FROM_HTTP = {422: InvalidArgument, 404: NotFound, 409: FailedPrecondition, 401: Unauthenticated, 503: Unavailable}
+_FROM_HTTP = {422: InvalidArgument, 404: NotFound, 409: FailedPrecondition, 401: Unauthenticated,
+              403: PermissionDenied, 413: ResourceExhausted, 503: Unavailable}
 
 
 def open_channel(target: str, *, tls: bool = False, root_certificates: bytes | None = None) -> grpc.Channel:

@@ -10,7 +10,7 @@ import time
 from cluster.core.errors import Unavailable
 from cluster.core.settings import Settings
 
-__all__ = ["ensure_ray", "shutdown_ray"]
+__all__ = ["ensure_ray", "ray_auth_env", "shutdown_ray"]
 
 log = logging.getLogger(__name__)
 #: Whether this process started a private local Ray (whose Serve dies with it).
@@ -24,6 +24,12 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
     address file) on ``node_ip``, sized by ``num_cpus`` / ``memory_mb`` /
     ``object_store_mb`` so it does not claim the whole machine.
     """
+    auth = ray_auth_env(settings)
+    if any(os.environ.get(k) != v for k, v in auth.items()) and "ray._raylet" in sys.modules:
+        # Ray has read its authentication settings already: a token set now would not be sent.
+        log.warning("Ray was imported before its authentication settings (ray.auth_mode, ray.auth_token_file) "
+                    "were applied; set RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH in the environment first")
+    os.environ.update(auth)
     import ray
 
     global _local
@@ -34,8 +40,6 @@ def ensure_ray(settings: Settings, *, log_to_driver: bool = False) -> None:
     # Serve's proxy and replicas must import the generated stubs and this package;
     # they run in the venv's interpreter, where the project is installed.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if rs.auth_mode:
-        os.environ["RAY_AUTH_MODE"] = rs.auth_mode
     if rs.address == "local" and settings.serve.ingress == "direct":
         # Read by Serve's controller and replicas when they start: the Ray processes this
         # driver starts inherit them. A cluster's nodes get them from their own environment
@@ -111,3 +115,14 @@ def shutdown_ray() -> None:
             log.debug("serve.shutdown failed", exc_info=True)
     ray.shutdown()
     _local = False
+
+
+def ray_auth_env(settings: Settings) -> dict[str, str]:
+    """The environment a Ray driver needs for ``settings.ray``'s authentication: RAY_AUTH_MODE and,
+    with a token, RAY_AUTH_TOKEN_PATH (the file, never the token, so no child process's
+    environment holds it)."""
+    rs = settings.ray
+    env = {"RAY_AUTH_MODE": rs.auth_mode} if rs.auth_mode else {}
+    if rs.auth_token_file is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = str(rs.auth_token_file)
+    return env

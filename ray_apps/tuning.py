@@ -325,8 +325,7 @@ def _refit_and_register(settings: Settings, spec: TuneSpec, data: Dataset, outco
                         step: Progress) -> None:
     """Refit the best configuration, register it with the trial table (``tuning.json``) and set
     ``outcome.fitted`` and ``outcome.version``."""
-    from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     step(f"refitting the best {spec.name} configuration", 0.75)
     best_config, compute = outcome.best_config, outcome.compute
@@ -347,7 +346,7 @@ def _refit_and_register(settings: Settings, spec: TuneSpec, data: Dataset, outco
                "trial_nodes": compute["nodes"], **{f"data_{k}": v for k, v in data.info.items()
                                                    if isinstance(v, (int, float, str))}}
     params = {**fitted.params, "tuned": best_config, "scheduler": scheduler, "smoke_test": smoke_test}
-    mv = ModelRegistry(open_lake(settings)).register(
+    mv = open_registry(settings).register(
         spec.name, fitted.model, metrics=metrics, params=params, feature_run_id=data.feature_run_id,
         make_current=promote, extras={MODEL_TUNING: tuning},
     )

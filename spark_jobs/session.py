@@ -7,6 +7,7 @@ import os
 
 from pyspark.sql import SparkSession
 
+from cluster.core.keyfiles import read_secret_file
 from cluster.core.settings import Settings
 
 __all__ = ["get_spark", "stop_spark"]
@@ -48,6 +49,11 @@ def get_spark(settings: Settings, app_name: str = "pmkt") -> SparkSession:
         builder = builder.config("spark.hadoop.dfs.replication", str(settings.lake.hdfs.replication))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
+    if sp.auth_secret_file is not None:
+        # Standalone mode takes the shared secret only as spark.authenticate.secret; Spark redacts
+        # it (spark.redaction.regex) wherever it shows the configuration.
+        builder = builder.config("spark.authenticate", "true").config(
+            "spark.authenticate.secret", read_secret_file(sp.auth_secret_file, "spark.auth_secret_file"))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(sp.log_level)
     log.info("Spark session %s on %s", spark.sparkContext.applicationId, sp.master)

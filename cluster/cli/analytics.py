@@ -41,10 +41,10 @@ def audience_cmd(c, levels, segments, max_recency_days, min_frequency, out: Path
     lake = open_lake(settings)
     segment_of = None
     if segments:
-        from ray_apps.registry import ModelRegistry
+        from ray_apps.registry import open_registry
         from ray_apps.segments.service import user_segments_of
 
-        model, _ = ModelRegistry(lake).load("segments")
+        model, _ = open_registry(settings, lake).load("segments")
         segment_of = lambda frame: user_segments_of(lake, model).reindex(frame["user_id"]).fillna("")  # noqa: E731
     frame, meta = select_audience(lake, levels=levels, segments=segments, segment_of=segment_of,
                                   max_recency_days=max_recency_days, min_frequency=min_frequency,
@@ -78,10 +78,10 @@ def funnel_cmd(c, name: str, by: str, from_date: str, to_date: str) -> None:
     lake = open_lake(settings)
     segment_of = None
     if by == "segment":
-        from ray_apps.registry import ModelRegistry
+        from ray_apps.registry import open_registry
         from ray_apps.segments.service import user_segments_of
 
-        model, _ = ModelRegistry(lake).load("segments")
+        model, _ = open_registry(settings, lake).load("segments")
     table = load_funnel_table(lake)
     if by == "segment":
         segments = user_segments_of(lake, model, known_users=table.frame["user_id"].unique())
@@ -154,9 +154,9 @@ def pricing_group() -> None:
 def _advisor(settings):
     from cluster.core.storage import open_lake
     from ray_apps.pricing.service import PricingAdvisor
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
-    model, version = ModelRegistry(open_lake(settings)).load("demand")
+    model, version = open_registry(settings).load("demand")
     return PricingAdvisor(model, version, settings.pricing)
 
 

@@ -31,6 +31,13 @@ class CliContext:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(profile=self.profile, path=self.settings_file)
+            # Ray reads RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH once, when it is first imported: set
+            # them before any command imports it (a token applied later is silently not sent).
+            import os
+
+            from ray_apps.runtime import ray_auth_env
+
+            os.environ.update(ray_auth_env(self._settings))
         return self._settings
 
 

@@ -11,7 +11,7 @@ from cluster.cli.context import CliContext, pass_ctx, shutting_down_ray
 from cluster.cli.progress import console, progress_bar
 from cluster.cli.render import print_segments
 from cluster.core.catalog import MODEL_TUNING
-from cluster.core.errors import NotFound, PlatformError
+from cluster.core.errors import FailedPrecondition, NotFound, PlatformError
 from ray_apps.tuning import FAMILIES
 
 __all__ = ["tune_cmd", "train_group", "models_group", "attributes_group"]
@@ -88,14 +88,19 @@ def models_group() -> None:
     \b
     Serving re-reads the current version every serve.model_refresh_s seconds, so promote
     and rollback take effect without a restart; every answer names the version it used.
+
+    \b
+    Every version is signed with the registry key (settings registry.*): promote, rollback,
+    show and serving check the files against the signature before using them, and refuse a
+    changed, unsigned or foreign version. `pmkt models verify` checks versions on demand.
     """
 
 
 def _registry(c: CliContext):
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
-    return ModelRegistry(open_lake(c.settings))
+    return open_registry(c.settings, open_lake(c.settings))
 
 
 def _headline(metrics: dict) -> str:
@@ -117,7 +122,7 @@ def models_list(c: CliContext, model: str | None) -> None:
     if not names:
         console.print("no models registered yet: run `pmkt tune MODEL`", highlight=False)
         return
-    table = Table("model", "version", "", "created", "feature run", "code", "metrics")
+    table = Table("model", "version", "", "created", "feature run", "code", "signature", "metrics")
     for name in names:
         versions = reg.versions(name)
         if model and not versions:
@@ -127,9 +132,11 @@ def models_list(c: CliContext, model: str | None) -> None:
         except PlatformError:
             current = None
         for v in versions:
-            mv = reg.get(name, v)
+            mv = reg.get(name, v, verify=False)  # listed whatever its state; the column says it
+            problem = reg.problem(name, v)
             table.add_row(name, v, "*" if v == current else "", mv.created_at, mv.feature_run_id or "-",
-                          mv.code_version, _headline(mv.metrics))
+                          mv.code_version, "ok" if problem is None else f"REFUSED: {problem}",
+                          _headline(mv.metrics))
     console.print(table)
 
 
@@ -174,6 +181,41 @@ def models_promote(c: CliContext, model: str, version: str) -> None:
     """Make VERSION the version serving uses (within serve.model_refresh_s, no restart)."""
     mv = _registry(c).promote(model, version)
     console.print(f"{mv.ref} is current", highlight=False)
+
+
+@models_group.command("verify")
+@click.argument("model")
+@click.argument("version", required=False)
+@pass_ctx
+def models_verify(c: CliContext, model: str, version: str | None) -> None:
+    """Check VERSION (default: every version of MODEL) against its signature; exits 1 if any fails."""
+    reg = _registry(c)
+    versions = [version] if version else reg.versions(model)
+    if not versions:
+        raise NotFound(f"model {model} has no versions: run `pmkt tune {model}`", field="model")
+    failed = 0
+    for v in versions:
+        problem = reg.problem(model, v)
+        failed += problem is not None
+        console.print(f"{model}/{v}: " + ("ok" if problem is None else f"REFUSED: {problem}"), highlight=False)
+    if failed:
+        raise FailedPrecondition(f"{failed} of {len(versions)} version(s) of {model} fail verification")
+
+
+@models_group.command("sign")
+@click.argument("model")
+@click.argument("version")
+@click.option("--trust-content", is_flag=True, required=True,
+              help="Required: you checked that the files are the ones the platform wrote.")
+@pass_ctx
+def models_sign(c: CliContext, model: str, version: str, trust_content: bool) -> None:
+    """(Re-)sign VERSION as its files are now, with the registry key.
+
+    For a version registered before signing existed or before a key rotation. It vouches for
+    whatever the files hold, so only after checking them (docs/security.md#signed-model-artifacts).
+    """
+    mv = _registry(c).sign(model, version)
+    console.print(f"{mv.ref} signed", highlight=False)
 
 
 @models_group.command("rollback")

@@ -50,7 +50,7 @@ def _maybe_tls_front(sv, upstream: str | None = None):
     from ray_apps.serve.tls_front import start_tls_front
 
     server, _ = start_tls_front(certfile=sv.tls.certfile, keyfile=sv.tls.keyfile, port=sv.tls.grpc_port,
-                                upstream=upstream or f"127.0.0.1:{sv.grpc_port}")
+                                upstream=upstream or f"127.0.0.1:{sv.grpc_port}", max_message_bytes=sv.max_message_bytes)
     return server
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "MODEL_PARAMS",
     "MODEL_TUNING",
     "MODEL_CURRENT",
+    "MODEL_SIGNATURE",
 ]
 
 #: The pointer file naming a table's newest run (or a report folder's newest report).
@@ -97,6 +98,9 @@ MODEL_METRICS = "metrics.json"
 MODEL_PARAMS = "params.json"
 MODEL_TUNING = "tuning.json"
 MODEL_CURRENT = "current.json"
+#: A version's signature (cluster.core.signing): every file's SHA-256 and an HMAC over the
+#: version's metadata with the registry key. Written just before MODEL_META.
+MODEL_SIGNATURE = "signature.json"
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

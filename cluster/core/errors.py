@@ -17,6 +17,8 @@ __all__ = [
     "NotFound",
     "FailedPrecondition",
     "Unauthenticated",
+    "PermissionDenied",
+    "ResourceExhausted",
     "Unavailable",
     "ConfigError",
     "DataContractError",
@@ -89,6 +91,22 @@ class Unauthenticated(PlatformError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
     http_status = 401
     code = "unauthenticated"
+
+
+class PermissionDenied(PlatformError):
+    """The credentials are valid but do not allow the call (an API key without the call's scope)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+    code = "permission_denied"
+
+
+class ResourceExhausted(PlatformError):
+    """The request is larger than the server accepts (``serve.max_body_bytes`` / ``max_message_bytes``)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+    code = "resource_exhausted"
 
 
 class Unavailable(PlatformError):

@@ -25,12 +25,12 @@ import logging
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cluster.core.keyfiles import read_private_file
 from cluster.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -301,26 +301,7 @@ def _parse_keys(entries: Iterable[str], where: str, field: str) -> list[tuple[st
 
 def _read_key_file(path: Path) -> str:
     """The key file's text, refusing a file that group or others may read."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"privacy.key_file {path} does not exist; create it with `pmkt privacy init-key`",
-            field="privacy.key_file",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read privacy.key_file {path}: {exc.strerror}", field="privacy.key_file") from None
-    with os.fdopen(fd, "r", encoding="utf-8") as fh:
-        st = os.fstat(fh.fileno())  # of the file actually opened, not of whatever the path names now
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"privacy.key_file {path} is not a regular file", field="privacy.key_file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"privacy.key_file {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others may "
-                f"access it; run `chmod 600 {path}`",
-                field="privacy.key_file",
-            )
-        return fh.read()
+    return read_private_file(path, "privacy.key_file", missing_hint="create it with `pmkt privacy init-key`")
 
 
 def init_key_file(path: Path, key_id: str = "k1") -> bool:
@@ -451,6 +432,7 @@ def reveal_id_numbers(settings: Settings, user_id: str, reason: str, keyring: Ke
     Raises:
         InvalidArgument: ``reason`` is empty.
         NotFound: the user is not in the raw users table, or has no ID number stored.
+        FailedPrecondition: the user was forgotten (a tombstone): nothing is revealed, the refusal is audited.
         ConfigError, FailedPrecondition: no usable key (see :func:`load_keyring`, :meth:`KeyRing.decrypt`).
     """
     from cluster.core.catalog import RAW, REVEAL_AUDIT
@@ -458,10 +440,16 @@ def reveal_id_numbers(settings: Settings, user_id: str, reason: str, keyring: Ke
 
     if not reason.strip():
         raise InvalidArgument("a reason (the request's reference) is required", field="reason")
-    ring = keyring or load_keyring(settings.privacy, create=False)
+    from cluster.core.tombstones import Tombstones
+
     lake = open_lake(settings)
     outcome = "error"
     try:
+        if Tombstones(lake).is_forgotten(user_id):
+            outcome = "refused: user forgotten"
+            raise FailedPrecondition(f"user {user_id!r} was forgotten (`pmkt privacy forget`): their ID number is "
+                                     "not revealed", field="user_id")
+        ring = keyring or load_keyring(settings.privacy, create=False)
         tokens: list[str | None] = []
         users = RAW["users"]
         for part in users.list_dir(lake):

@@ -126,6 +126,14 @@ class SparkSettings(_Model):
     log_level: str = "WARN"
     # -- further spark.* settings passed as they are
     conf: dict[str, str] = Field(default_factory=dict)
+    # -- file holding the cluster's spark.authenticate.secret (mode 0600; the Ansible spark role
+    #    generates it). Read when the session starts, so the secret is in no settings file.
+    auth_secret_file: Path | None = None
+
+    @field_validator("auth_secret_file", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("conf", mode="before")
     @classmethod
@@ -153,6 +161,13 @@ class RaySettings(_Model):
     include_dashboard: bool = False
     # -- RAY_AUTH_MODE for this process; must match what the cluster's nodes were started with
     auth_mode: Literal["token", "disabled"] | None = None
+    # -- the cluster's Ray token file (RAY_AUTH_TOKEN_PATH) when auth_mode is token; mode 0600
+    auth_token_file: Path | None = None
+
+    @field_validator("auth_token_file", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
     # -- tries for a ray:// (Ray Client) connection before giving up with UNAVAILABLE
     connect_attempts: int = Field(3, ge=1)
     # -- where the local Ray serves Prometheus metrics (/metrics: Serve's and the API's);
@@ -183,7 +198,8 @@ class AuthSettings(_Model):
     keys_env: str = Field("PMKT_API_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # -- file with one client:key per line, mode 0600
     keys_file: Path | None = None
-    # -- refuse to serve without any key (an open API)
+    # -- refuse to serve without any key (an open API); true on the cluster profile. An open API
+    #    logs a warning at every start.
     required: bool = False
 
     @field_validator("keys_file", mode="before")
@@ -251,6 +267,10 @@ class ServeSettings(_Model):
     model_refresh_s: float = Field(30.0, gt=0)
     # -- most candidates in one ScoreBatch, items excluded in one Recommend
     max_batch: int = Field(500, ge=1)
+    # -- largest HTTP request body and gRPC request message accepted, bytes; a bigger one is
+    #    refused (413 / RESOURCE_EXHAUSTED) without being read
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     auth: AuthSettings = AuthSettings()
     tls: TlsSettings = TlsSettings()
 
@@ -341,6 +361,33 @@ class PrivacySettings(_Model):
     def _creation_needs_a_file(self) -> "PrivacySettings":
         if self.create_key_file and self.key_file is None:
             raise ValueError("privacy.create_key_file is true but privacy.key_file is not set")
+        return self
+
+
+class RegistrySettings(_Model):
+    """The key that signs model artifacts (docs/security.md#signed-model-artifacts).
+
+    The registry records each artifact's SHA-256 and an HMAC-SHA256 over the version's metadata with
+    this key; serving, `pmkt models` and promote refuse a version whose signature does not verify.
+    A separate key from the PII keys: whoever may publish models need not decrypt ids.
+    """
+
+    # -- environment variable holding the signing key (base64 or hex, at least 32 bytes; wins over key_file)
+    key_env: str = Field("PMKT_REGISTRY_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # -- file holding the signing key; must not be readable by group or others
+    key_file: Path | None = None
+    # -- create key_file with a random key when absent (embedded profile; never on a cluster)
+    create_key_file: bool = False
+
+    @field_validator("key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _creation_needs_a_file(self) -> "RegistrySettings":
+        if self.create_key_file and self.key_file is None:
+            raise ValueError("registry.create_key_file is true but registry.key_file is not set")
         return self
 
 
@@ -638,6 +685,7 @@ class Settings(_Model):
     serve: ServeSettings = ServeSettings()
     ingest: IngestSettings = IngestSettings()
     privacy: PrivacySettings = PrivacySettings()
+    registry: RegistrySettings = RegistrySettings()
     segments: SegmentSettings = SegmentSettings()
     events: EventSettings = EventSettings()
     clv: ClvSettings = ClvSettings()

@@ -151,7 +151,9 @@ def cluster_status(settings: Settings, timeout: float = 5.0) -> list[Check]:
             init = (f"ray.init(address={address!r}, _node_ip_address={settings.ray.node_ip!r}, "
                     "logging_level='ERROR', log_to_driver=False)")
         script = f"import json, ray; {init}; print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))"
-        env = {**os.environ, **({"RAY_AUTH_MODE": settings.ray.auth_mode} if settings.ray.auth_mode else {})}
+        from ray_apps.runtime import ray_auth_env
+
+        env = {**os.environ, **ray_auth_env(settings)}
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
         if proc.returncode != 0:
             return Check("Ray nodes", False, f"cannot join {address}: {proc.stderr.strip()[-200:]}")

@@ -43,7 +43,7 @@ from ray_apps.attributes.cells import (
     encode_retraction,
     predicted_cell,
 )
-from ray_apps.registry import ModelRegistry
+from ray_apps.registry import open_registry
 
 __all__ = ["MODEL_NAME", "predict_and_store", "store_predictions"]
 
@@ -146,7 +146,7 @@ def predict_and_store(settings: Settings, *, version: str | None = None,
     step = progress or (lambda _s, _f: None)
     cfg = settings.attributes
     lake = open_lake(settings)
-    registry = ModelRegistry(lake)
+    registry = open_registry(settings, lake)
     step("loading the attribute model", 0.0)
     if version is None:
         try:

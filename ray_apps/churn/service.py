@@ -10,6 +10,8 @@ run the model was trained on (its ``feature_run_id``), whose ``as_of`` the answe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 import math
 
@@ -33,8 +35,11 @@ MAX_STEP_DAYS = 90
 
 
 class ChurnScorer:
-    def __init__(self, lake: Lake, model: ChurnModel, version: ModelVersion, *, max_user_id_length: int) -> None:
+    def __init__(self, lake: Lake, model: ChurnModel, version: ModelVersion, *, max_user_id_length: int,
+                 forgotten: Callable[[str], bool] = lambda _user_id: False) -> None:
         self.model = model
+        #: Users forgotten since the churn table was built: answered as users it does not hold.
+        self.forgotten = forgotten
         self.version = version
         self.max_user_id_length = max_user_id_length
         frame, meta = load_churn_frame(lake)
@@ -61,7 +66,7 @@ class ChurnScorer:
         if not 0 <= curve_step_days <= MAX_STEP_DAYS:
             raise InvalidArgument(f"curve_step_days must be 1..{MAX_STEP_DAYS} (0 for {DEFAULT_STEP_DAYS}), "
                                   f"got {curve_step_days}", field="curve_step_days")
-        row = self.rows.get(user_id)
+        row = None if self.forgotten(user_id) else self.rows.get(user_id)
         if row is None:
             raise NotFound(f"user {user_id!r} is not in the churn table of {self.as_of or 'the newest run'}")
         out = self.model.predict_users(pd.DataFrame([row]), curve_step_days or DEFAULT_STEP_DAYS)[0]

@@ -549,11 +549,11 @@ def _pricing(settings: Settings, registry) -> Section:
 def build_report(settings: Settings, progress: Progress | None = None) -> list[Section]:
     """Compute every section; a missing input leaves its section with a note, not an error."""
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     step = progress or (lambda _s, _f: None)
     lake = open_lake(settings)
-    registry = ModelRegistry(lake)
+    registry = open_registry(settings, lake)
     sections: list[Section] = []
 
     def attempt(title: str, hint: str, fn: Callable[[], Section | tuple[Section, Any]]) -> Any:

@@ -658,7 +658,8 @@ class RecModel:
     # -- serving API -----------------------------------------------------------------------
 
     def recommend(self, user_id: str, n: int = 10, exclude: Iterable[str] = (),
-                  categories: Sequence[tuple[str, float]] | None = None) -> Recommendations:
+                  categories: Sequence[tuple[str, float]] | None = None, *,
+                  anonymous: bool = False) -> Recommendations:
         """The ``n`` best unseen items for a user and the reason for the list.
 
         Scores: the estimator's score (reason ``model``); ``share x interactions`` of the item's
@@ -672,6 +673,8 @@ class RecModel:
             categories: The user's top categories as ``(name, score)`` best first, overriding the
                 ones stored at training time (a fresher profile); only used for a user without
                 interactions in the training matrix.
+            anonymous: Ignore everything the model holds of the user (a forgotten user): the
+                popularity list, ``exclude`` still applied.
 
         Returns:
             :class:`Recommendations` ``(items, reason)``.
@@ -681,7 +684,9 @@ class RecModel:
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        row = self._user_row.get(user_id)
+        row = None if anonymous else self._user_row.get(user_id)
+        if anonymous:
+            categories = ()
         blocked = self._blocked(row, exclude)
         n_seen = 0 if row is None else int(self.history.indptr[row + 1] - self.history.indptr[row])
         if row is not None and n_seen >= self.min_interactions:

@@ -11,7 +11,7 @@ the scores rounded to 4 places).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cluster.core.contract import validate_user_id
 from cluster.core.errors import InvalidArgument
@@ -32,8 +32,11 @@ RUN_CELL = "t:run"
 
 class Recommender:
     def __init__(self, store: ProfileStore, model: RecModel, version: ModelVersion, *, max_exclude: int,
-                 max_user_id_length: int) -> None:
+                 max_user_id_length: int, forgotten: Callable[[str], bool] = lambda _user_id: False) -> None:
         self.store = store
+        #: Forgotten users (tombstones) get the list of a stranger: the model's copy of their
+        #: history is never used for them, until the next training leaves them out.
+        self.forgotten = forgotten
         self.model = model
         self.version = version
         self.max_exclude = max_exclude
@@ -63,9 +66,12 @@ class Recommender:
             raise InvalidArgument(f"at most {self.max_exclude} exclude_item_ids, got {len(exclude)}",
                                   field="exclude_item_ids")
         n = n or DEFAULT_N
-        # A user with a history gets the model or the fallback from that history: no store read.
-        categories = None if self.model.interactions_of(user_id) else self._categories(user_id)
-        recs = self.model.recommend(user_id, n, exclude=exclude, categories=categories)
+        if self.forgotten(user_id):
+            recs = self.model.recommend(user_id, n, exclude=exclude, anonymous=True)
+        else:
+            # A user with a history gets the model or the fallback from that history: no store read.
+            categories = None if self.model.interactions_of(user_id) else self._categories(user_id)
+            recs = self.model.recommend(user_id, n, exclude=exclude, categories=categories)
         return recommend_pb2.RecommendResponse(
             user_id=user_id,
             items=[recommend_pb2.RecommendedItem(item_id=i, score=float(s)) for i, s in recs.items],

@@ -53,9 +53,9 @@ from ray_apps.offers.service import OfferEngine
 from ray_apps.pricing.service import PricingAdvisor
 from ray_apps.profiles.service import ProfileLookup
 from ray_apps.recs.service import Recommender
-from ray_apps.registry import ModelRegistry
+from ray_apps.registry import open_registry
 from ray_apps.segments.service import CurrentSegmentModel, user_segments_of
-from ray_apps.serve.auth import ApiKeys
+from ray_apps.serve.auth import ApiKeys, warn_if_open
 from ray_apps.serve.errors import grpc_method
 from ray_apps.serve.http_app import build_http_app
 from ray_apps.serve.http_models import ChannelTargetIn, EventsIn, OfferIn, OptimizeBudgetIn, OutcomeIn, ScoreBatchIn
@@ -112,22 +112,29 @@ class ApiReplica:
 
     def __init__(self, settings: Settings) -> None:
         self._auth = ApiKeys.from_settings(settings.serve.auth)
-        if self._auth.enabled:
+        if not warn_if_open(self._auth, settings.serve):
             log.info("API keys on for %d client(s): %s", len(self._auth.clients), ", ".join(self._auth.clients))
+        self._max_body_bytes = settings.serve.max_body_bytes
+        self._max_message_bytes = settings.serve.max_message_bytes
         lake = open_lake(settings)
         store = open_profile_store(settings)
         sv = settings.serve
-        self._segments = CurrentSegmentModel(ModelRegistry(lake), store, refresh_s=sv.model_refresh_s,
+        # Users forgotten (pmkt privacy forget) since the last purge: no answer is personalised by
+        # their data (the recommender answers them as it answers a stranger; intake drops their events).
+        tombstones = Tombstones(lake, ttl_s=settings.events.tombstone_ttl_s)
+        # With the registry signing key: a version that does not verify is never loaded.
+        registry = open_registry(settings, lake)
+        self._segments = CurrentSegmentModel(registry, store, refresh_s=sv.model_refresh_s,
                                              max_user_id_length=sv.max_user_id_length)
         self._profiles = ProfileLookup(store, self._segments, sv.max_user_id_length)
-        registry = ModelRegistry(lake)
         uid_max = sv.max_user_id_length
         self._ctr = CurrentModel(registry, "ctr", lambda m, mv: CtrScorer(
             store, m, mv, max_batch=sv.max_batch, max_user_id_length=uid_max), refresh_s=sv.model_refresh_s)
         self._recs = CurrentModel(registry, "recs", lambda m, mv: Recommender(
-            store, m, mv, max_exclude=sv.max_batch, max_user_id_length=uid_max), refresh_s=sv.model_refresh_s)
+            store, m, mv, max_exclude=sv.max_batch, max_user_id_length=uid_max, forgotten=tombstones.contains),
+            refresh_s=sv.model_refresh_s)
         self._churn = CurrentModel(registry, "churn", lambda m, mv: ChurnScorer(
-            lake, m, mv, max_user_id_length=uid_max), refresh_s=sv.model_refresh_s)
+            lake, m, mv, max_user_id_length=uid_max, forgotten=tombstones.contains), refresh_s=sv.model_refresh_s)
         ch = settings.channels
         bandit = ChannelBandit(store, ch.names, prior_alpha=ch.prior_alpha, prior_beta=ch.prior_beta)
         self._channels = ChannelChooser(store, self._segments, bandit, max_user_id_length=uid_max)
@@ -138,7 +145,6 @@ class ApiReplica:
         self._funnels = LatestFunnels(lake, refresh_s=sv.model_refresh_s)
         self._lake = lake
         ev = settings.events
-        tombstones = Tombstones(lake, ttl_s=ev.tombstone_ttl_s)
         self._intake = EventIntake(
             store, lake, source_tz=settings.ingest.source_timezone, max_id_length=sv.max_user_id_length,
             max_batch=ev.max_batch, flush_rows=ev.flush_rows, flush_s=ev.flush_s, max_future_s=ev.max_future_s,
@@ -176,7 +182,10 @@ class ApiReplica:
     @grpc_method(health_pb2.HealthCheckResponse)
     async def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
         """SERVING for the server ("") and for a service whose model is loaded; NOT_SERVING
-        for a service still waiting for its first model; NOT_FOUND for an unknown service."""
+        for a service still waiting for its first model (or whose only version fails
+        verification); NOT_FOUND for an unknown service. A service that keeps serving an older
+        version because the current one fails verification stays SERVING: :meth:`model_health`,
+        the replica's warning and the gauge ``ray_pmkt_model_verification_failed`` say why."""
         status = health_pb2.HealthCheckResponse
         if request.service in ("", "grpc.health.v1.Health"):
             return status(status=status.SERVING)
@@ -190,6 +199,14 @@ class ApiReplica:
             if holder.version is None:
                 return status(status=status.NOT_SERVING)
         return status(status=status.SERVING)
+
+    def model_health(self) -> dict[str, dict[str, str | None]]:
+        """Per model: the version this replica serves and why the registry's current version is
+        refused (``refused``: the verification error, None when it serves the current one)."""
+        holders = {"segments": self._segments, "ctr": self._ctr, "recs": self._recs, "churn": self._churn,
+                   "demand": self._pricing}
+        return {name: {"serving": h.version.ref if h.version else None, "refused": h.refused}
+                for name, h in holders.items()}
 
     # -- SegmentService --------------------------------------------------------------------
     @grpc_method(segment_pb2.GetSegmentResponse)
@@ -376,7 +393,7 @@ class MarketingApi(ApiReplica):
     """The Serve deployment: an :class:`ApiReplica` whose HTTP app each replica builds around itself."""
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self, self._auth)
+        return build_http_app(self, self._auth, max_body_bytes=self._max_body_bytes)
 
 
 def build_api_app(settings: Settings) -> Application:

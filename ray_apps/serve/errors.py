@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cluster.core.errors import PlatformError
+from cluster.core.errors import PlatformError, ResourceExhausted
+from ray_apps.serve.auth import bearer
 from ray_apps.serve.metrics import record_request
+from ray_apps.serve.services import OPEN_RPCS, RPC_SCOPES
 
-__all__ = ["grpc_method", "install_http_error_handlers"]
+__all__ = ["error_body", "grpc_method", "install_http_error_handlers"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: gRPC methods callable without an API key (health probes do not send one).
-_OPEN_METHODS = frozenset({"Check"})
+
+
+def error_body(err: PlatformError) -> bytes:
+    """The HTTP error body of ``err``, as every handler here answers it: ``{"error": {...}}``."""
+    return json.dumps({"error": err.to_dict()}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -30,22 +37,34 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
     message: the client never sees a stack trace or ``UNKNOWN``.
 
     When the deployment has API keys (``self._auth``, :class:`ray_apps.serve.auth.ApiKeys`),
-    the call's ``authorization`` metadata is checked first; the health check is exempt.
+    the call's ``authorization`` metadata and the scope the RPC declares in
+    :data:`~ray_apps.serve.services.SERVICES` are checked first; the health check is exempt.
+    A request message larger than ``self._max_message_bytes`` is RESOURCE_EXHAUSTED: Serve's
+    proxy already refuses bigger ones when ``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE`` reached it
+    (:func:`ray_apps.serve.launcher.start_serving`), this holds where it did not.
+
+    Raises:
+        KeyError: at decoration, for a method that is neither open nor given a scope.
     """
 
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        name = fn.__name__
+        is_open = name in OPEN_RPCS
+        scope = None if is_open else RPC_SCOPES[name]  # an RPC without a declared scope fails at import
+
         @functools.wraps(fn)
         async def method(self: Any, request: Any, grpc_context: Any = None) -> T:
-            import grpc
-
             started = time.perf_counter()
             code = "OK"
             try:
                 auth = getattr(self, "_auth", None)
-                if auth is not None and auth.enabled and fn.__name__ not in _OPEN_METHODS:
-                    from ray_apps.serve.auth import bearer
-
-                    auth.check(bearer(grpc_context.invocation_metadata() if grpc_context is not None else None))
+                if auth is not None and auth.enabled and not is_open:
+                    auth.authorize(bearer(grpc_context.invocation_metadata() if grpc_context is not None else None),
+                                   scope)
+                cap = getattr(self, "_max_message_bytes", None)
+                if cap is not None and request.ByteSize() > cap:
+                    raise ResourceExhausted(f"request message of {request.ByteSize()} bytes is larger than "
+                                            f"serve.max_message_bytes ({cap})")
                 return await fn(self, request)
             except PlatformError as err:
                 code = err.grpc_status_code().name
@@ -55,13 +74,13 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
                 return response_type()
             except Exception:  # noqa: BLE001 - the boundary: log it, answer INTERNAL
                 code = "INTERNAL"
-                log.exception("%s failed", fn.__name__)
+                log.exception("%s failed", name)
                 if grpc_context is not None:
                     grpc_context.set_code(grpc.StatusCode.INTERNAL)
                     grpc_context.set_details("internal error; the server log has the details")
                 return response_type()
             finally:
-                record_request(fn.__name__, "grpc", code, time.perf_counter() - started)
+                record_request(name, "grpc", code, time.perf_counter() - started)
 
         # Serve passes ``grpc_context`` only to methods whose signature names it;
         # inspect.signature would otherwise follow __wrapped__ to the original.

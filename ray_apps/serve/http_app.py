@@ -10,15 +10,18 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Body, Depends, FastAPI, Header
+from fastapi import Body, FastAPI
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import BaseRoute
 
 from cluster.core.errors import InvalidArgument, NotFound
+from cluster.core.settings import ServeSettings
 from ray_apps.evaluation.service import parse_request
-from ray_apps.serve.auth import ApiKeys, bearer
+from ray_apps.serve.auth import ApiKeys
 from ray_apps.serve.errors import install_http_error_handlers
-from ray_apps.serve.http_models import ErrorBody, proto_body, proto_json, response_model
+from ray_apps.serve.http_guard import ApiGuard
+from ray_apps.serve.http_models import ErrorBody, ModelHealthOut, proto_body, proto_json, response_model
 from ray_apps.serve.services import SERVICES, USER_PATH, HttpRoute, ServiceSpec
 
 __all__ = ["DESCRIPTION", "build_http_app"]
@@ -28,9 +31,14 @@ DESCRIPTION = (
     "allocation, channel choice, experiment statistics, goal gaps and time-slot pricing. Every answer is the "
     "gRPC response message of protos/marketing/v1 in JSON with the proto field names. Errors: 404 unknown "
     "user, 409 no model yet (or a precondition such as consent), 422 invalid argument (the body names the "
-    "field), 401 missing or unknown API key (when keys are configured: send `Authorization: Bearer <key>`)."
+    "field), 401 missing or unknown API key (when keys are configured: send `Authorization: Bearer <key>`), "
+    "403 a key without the route's scope (read, events, decide; admin has all), 413 a body larger than "
+    "serve.max_body_bytes. 401, 403 and 413 are answered from the headers, before the body is read."
 )
 _UNAUTHENTICATED = "missing or unknown API key (when keys are configured)"
+_TOO_LARGE = "request body larger than serve.max_body_bytes (judged from Content-Length before reading it)"
+#: serve.max_body_bytes when the caller gives none (a test's app).
+_DEFAULT_MAX_BODY_BYTES = ServeSettings.model_fields["max_body_bytes"].default
 
 
 class _Anything(Convertor[str]):
@@ -49,25 +57,23 @@ class _Anything(Convertor[str]):
 register_url_convertor("anything", _Anything())
 
 
-def build_http_app(replica: Any, keys: ApiKeys) -> FastAPI:
-    """The API's FastAPI app: every route of :data:`SERVICES`, answered by ``replica``'s handlers.
+def build_http_app(replica: Any, keys: ApiKeys, *, max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The API's FastAPI app: every route of :data:`SERVICES`, answered by ``replica``'s handlers,
+    behind :class:`~ray_apps.serve.http_guard.ApiGuard` (key, scope and body size before the body).
 
     Args:
         replica: The object whose methods the routes' ``handler`` names
             (:class:`ray_apps.serve.api.ApiReplica`).
-        keys: The clients' API keys; every route needs one of them when there are any.
+        keys: The clients' API keys; every route needs one of them when there are any, with the
+            scope its RPC declares.
+        max_body_bytes: The largest request body (``serve.max_body_bytes``).
     """
-
-    def require_api_key(authorization: str | None = Header(None, include_in_schema=False)) -> None:
-        keys.check(bearer({"authorization": authorization} if authorization else None))
-
-    app = FastAPI(dependencies=[Depends(require_api_key)], title="Precision-marketing platform API",
-                  version="v1", description=DESCRIPTION)
-    install_http_error_handlers(app)
+    app = FastAPI(title="Precision-marketing platform API", version="v1", description=DESCRIPTION)
+    scopes: list[tuple[BaseRoute, str]] = []  # routes define __eq__, so they are not dict keys
     user_routes = [r for s in SERVICES for r in s.http if r.path.startswith(USER_PATH)]
     for spec in SERVICES:
         for route in spec.http:
-            _add_route(app, replica, spec, route)
+            scopes.append((_add_route(app, replica, spec, route), spec.scope_for(route.rpc)))
             if route is user_routes[0]:
                 # "/v1/users//profile": the contract says an empty id is an invalid argument on both
                 # transports, not a bare 404. The guards stand after the first user route, where
@@ -78,10 +84,21 @@ def build_http_app(replica: Any, keys: ApiKeys) -> FastAPI:
         if spec.service == "ExperimentService":
             app.add_api_route("/v1/experiments/{name}", _unknown_experiment(spec), methods=["POST"],
                               include_in_schema=False)
+    app.add_api_route(
+        "/v1/models/health", lambda: {"models": replica.model_health()}, methods=["GET"], name="model_health",
+        summary="The version of each model family this replica serves, and why the registry's current one is "
+                "refused when it fails verification (any API key; no scope)",
+        response_model=ModelHealthOut, responses={401: {"description": _UNAUTHENTICATED, "model": ErrorBody}})
+    # Added before the error handlers' counting middleware, so that one (outside) counts refusals too.
+    open_paths = frozenset(p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+                           if p)
+    app.add_middleware(ApiGuard, keys=keys, routes=tuple(scopes), open_paths=open_paths, max_body_bytes=max_body_bytes)
+    install_http_error_handlers(app)
     return app
 
 
-def _add_route(app: FastAPI, replica: Any, spec: ServiceSpec, route: HttpRoute) -> None:
+def _add_route(app: FastAPI, replica: Any, spec: ServiceSpec, route: HttpRoute) -> BaseRoute:
+    """Add ``route`` to ``app``; returns the added route."""
     handler = getattr(replica, route.handler)
     if route.proto_body:
         endpoint = _proto_body_endpoint(handler, spec.request_type(route.rpc))
@@ -94,8 +111,14 @@ def _add_route(app: FastAPI, replica: Any, spec: ServiceSpec, route: HttpRoute) 
     app.add_api_route(
         route.path, endpoint, methods=[route.verb], name=route.handler, summary=route.summary,
         response_model=response_model(spec.response_type(route.rpc).DESCRIPTOR),
-        responses={**errors, 401: {"description": _UNAUTHENTICATED, "model": ErrorBody}},
+        responses={
+            **errors,
+            401: {"description": _UNAUTHENTICATED, "model": ErrorBody},
+            403: {"description": f"the API key lacks scope {spec.scope_for(route.rpc)!r}", "model": ErrorBody},
+            413: {"description": _TOO_LARGE, "model": ErrorBody},
+        },
     )
+    return app.router.routes[-1]
 
 
 def _proto_body_endpoint(handler: Callable[[Any], Any], request_type: Any) -> Callable[..., Response]:

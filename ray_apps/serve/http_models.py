@@ -101,10 +101,22 @@ class OutcomeIn(ChannelTargetIn):
     converted: bool = False
 
 
+# -- model health -----------------------------------------------------------------------------
+class ModelStateOut(BaseModel):
+    serving: str | None = Field(None, description="the version this replica answers with (segments/v0003); "
+                                                  "null before the first one is loaded")
+    refused: str | None = Field(None, description="why the registry's current version is not the one served "
+                                                  "(it fails verification: docs/security.md), or null")
+
+
+class ModelHealthOut(BaseModel):
+    models: dict[str, ModelStateOut] = Field(..., description="model family -> its state in this replica")
+
+
 # -- errors ---------------------------------------------------------------------------------
 class ErrorDetail(BaseModel):
     code: str = Field(..., description="invalid_argument, not_found, failed_precondition, unauthenticated, "
-                                        "unavailable or internal")
+                                        "permission_denied, resource_exhausted, unavailable or internal")
     message: str
     field: str | None = Field(None, description="the request field at fault (always there for invalid_argument)")
 

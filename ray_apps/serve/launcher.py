@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import socket
 import ssl
@@ -14,8 +15,8 @@ from cluster.core.errors import FailedPrecondition
 from cluster.core.settings import ServeSettings, Settings
 
 __all__ = [
-    "APP_NAME", "app_status", "check_ports_free", "delete", "deploy", "explain_bind_failure", "grpc_target",
-    "metrics_endpoints", "start_serving",
+    "APP_NAME", "GRPC_SIZE_ENV", "app_status", "check_ports_free", "delete", "deploy", "explain_bind_failure",
+    "grpc_size_env", "grpc_target", "metrics_endpoints", "start_serving",
 ]
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ def start_serving(settings: Settings) -> None:
         FailedPrecondition: a port is taken, naming ``serve.grpc_port`` or ``serve.http_port``.
     """
     sv = settings.serve
+    from ray_apps.serve.auth import ApiKeys, warn_if_open
+
+    # Bad key files and `required` without keys fail here, before Ray starts; once serving, an
+    # open API says so in the log (each replica says it again in its own).
+    keys = ApiKeys.from_settings(sv.auth)
     ray_started = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     if settings.ray.address == "local" and not ray_started:
         # The private Ray's proxies will bind on this host: a taken port is found now, not after
@@ -45,9 +51,15 @@ def start_serving(settings: Settings) -> None:
     from ray_apps.serve.api import build_api_app
     from ray_apps.serve.services import GRPC_SERVICERS
 
+    size_env = grpc_size_env(sv)
+    # Serve reads it when its gRPC servers' module loads: the processes of a Ray this driver starts
+    # inherit it from here; the controller (and the proxies it starts) also get it below, for a Ray
+    # already running. A cluster's nodes need it in their own environment (direct-ingress replicas).
+    os.environ.update(size_env)
     ensure_ray(settings)
     try:
         serve.start(
+            controller_options={"runtime_env": {"env_vars": size_env}},
             proxy_location=sv.proxy_location,
             logging_config={"enable_access_log": sv.access_log},
             http_options=HTTPOptions(host=sv.http_host, port=sv.http_port, request_timeout_s=sv.request_timeout_s,
@@ -71,6 +83,19 @@ def start_serving(settings: Settings) -> None:
         metrics = "(unknown)"
     log.info("serving on %s://%s:%d and gRPC %s; metrics at %s", "https" if sv.tls.enabled else "http",
              sv.http_host, sv.http_port, grpc_target(settings), metrics)
+    warn_if_open(keys, sv)
+
+
+#: Serve 2.60 builds its gRPC proxy's server, and with direct ingress each replica's, with
+#: ``grpc.max_receive_message_length`` (and max_send) from this variable (default 2 GiB - 1).
+GRPC_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+
+
+def grpc_size_env(sv: ServeSettings) -> dict[str, str]:
+    """The environment that caps Serve's gRPC servers at ``serve.max_message_bytes``: grpcio then
+    refuses a bigger request message with RESOURCE_EXHAUSTED before any Python code (Serve's or
+    ours) sees or parses it. It caps answers too (Serve sets both from one variable)."""
+    return {GRPC_SIZE_ENV: str(sv.max_message_bytes)}
 
 
 def _https_options(sv: ServeSettings) -> dict[str, str]:

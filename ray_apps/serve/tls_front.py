@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from cluster.core.errors import ConfigError
+from cluster.core.settings import ServeSettings
 
 __all__ = ["TlsFront", "start_tls_front", "read_pem"]
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 #: Metadata the transport sets itself; forwarding it would be refused or wrong.
 _HOP_BY_HOP = frozenset({"user-agent", "grpc-timeout", "te", "content-type", "grpc-accept-encoding",
                          "grpc-encoding", ":authority"})
+#: serve.max_message_bytes when the caller gives none.
+_DEFAULT_MAX_MESSAGE_BYTES = ServeSettings.model_fields["max_message_bytes"].default
 
 
 def read_pem(path: Path, what: str, *, private: bool = False) -> bytes:
@@ -52,9 +55,12 @@ def _identity(b: bytes) -> bytes:
 class TlsFront(grpc.GenericRpcHandler):
     """Forwards any method to ``upstream`` (a plaintext ``host:port``)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.upstream = upstream
-        self._channel = grpc.insecure_channel(upstream)
+        # Serve's proxy answers at most as much as it accepts (one variable caps both)
+        self._channel = grpc.insecure_channel(upstream, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
 
     def close(self) -> None:
         self._channel.close()
@@ -108,8 +114,12 @@ class TlsFront(grpc.GenericRpcHandler):
 
 
 def start_tls_front(*, certfile: Path, keyfile: Path, port: int, upstream: str, host: str = "0.0.0.0",
-                    workers: int = 16) -> tuple[grpc.Server, TlsFront]:
+                    workers: int = 16, max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
+                    ) -> tuple[grpc.Server, TlsFront]:
     """Start the front (returns the running server and its handler; ``server.stop()`` ends it).
+
+    A request message larger than ``max_message_bytes`` (``serve.max_message_bytes``) is refused
+    with RESOURCE_EXHAUSTED by grpcio itself, before it is forwarded or held whole.
 
     Raises:
         ConfigError: a missing, non-PEM or world-readable key or certificate.
@@ -119,10 +129,12 @@ def start_tls_front(*, certfile: Path, keyfile: Path, port: int, upstream: str, 
 
     credentials = grpc.ssl_server_credentials(
         [(read_pem(keyfile, "keyfile", private=True), read_pem(certfile, "certfile"))])
-    front = TlsFront(upstream)
+    front = TlsFront(upstream, max_message_bytes)
     # No SO_REUSEPORT (grpcio's default): a second front on a taken port must fail, not share it.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tls-front"),
-                         handlers=[front], options=[("grpc.so_reuseport", 0)])
+                         handlers=[front], options=[("grpc.so_reuseport", 0),
+                                                    ("grpc.max_receive_message_length", max_message_bytes),
+                                                    ("grpc.max_send_message_length", max_message_bytes)])
     try:
         bound = server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError as exc:

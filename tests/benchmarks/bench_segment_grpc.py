@@ -29,7 +29,7 @@ def _prepare(home: Path, users: int) -> list[str]:
     """Profiles with RFM for ``users`` users and one registered segments model."""
     from cluster.core.settings import load_settings
     from cluster.core.storage import open_lake, open_profile_store
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.model import RFMSegmenter
 
     settings = load_settings(env={**os.environ, "PMKT_HOME": str(home)})
@@ -46,7 +46,7 @@ def _prepare(home: Path, users: int) -> list[str]:
     )
     store.close()
     model = RFMSegmenter(n_clusters=5).fit(rfm)
-    ModelRegistry(open_lake(settings)).register("segments", model, metrics={}, params={}, feature_run_id="bench")
+    open_registry(settings).register("segments", model, metrics={}, params={}, feature_run_id="bench")
     return ids
 
 
@@ -58,11 +58,11 @@ def _plain_server(home: str, port: int, ready) -> None:
     from cluster.core.settings import load_settings
     from cluster.core.storage import open_lake, open_profile_store
     from protos.marketing.v1 import segment_pb2_grpc
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.service import SegmentLookup
 
     settings = load_settings(env={**os.environ, "PMKT_HOME": home})
-    model, mv = ModelRegistry(open_lake(settings)).load("segments")
+    model, mv = open_registry(settings).load("segments")
     lookup = SegmentLookup(open_profile_store(settings), model, mv, settings.serve.max_user_id_length)
 
     class Servicer(segment_pb2_grpc.SegmentServiceServicer):

@@ -85,7 +85,7 @@ def _prepare(home: Path, users: int) -> list[str]:
     from cluster.core.settings import load_settings
     from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.ctr.model import CtrModel
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.model import RFMSegmenter
 
     settings = load_settings(env={**os.environ, "PMKT_HOME": str(home)})
@@ -116,7 +116,7 @@ def _prepare(home: Path, users: int) -> list[str]:
     store.close()
 
     lake = open_lake(settings)
-    registry = ModelRegistry(lake)
+    registry = open_registry(settings, lake)
     registry.register("segments", RFMSegmenter(n_clusters=5).fit(rfm), metrics={}, params={}, feature_run_id="bench")
     n = 20_000
     records = [{
@@ -152,12 +152,12 @@ def _plain_server(home: str, port: int, ready) -> None:
     from protos.marketing.v1 import ctr_pb2_grpc, profile_pb2_grpc
     from ray_apps.ctr.service import CtrScorer, candidate_dict
     from ray_apps.profiles.service import ProfileLookup
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.service import CurrentSegmentModel
 
     settings = load_settings(env={**os.environ, "PMKT_HOME": home})
     sv = settings.serve
-    registry, store = ModelRegistry(open_lake(settings)), open_profile_store(settings)
+    registry, store = open_registry(settings), open_profile_store(settings)
     profiles = ProfileLookup(store, CurrentSegmentModel(registry, store, refresh_s=sv.model_refresh_s,
                                                         max_user_id_length=sv.max_user_id_length),
                              sv.max_user_id_length)

@@ -28,10 +28,10 @@ def _ctr_test_rows(settings):
     """The CTR model, its version, the test split's rows (raw columns) and the batch probabilities."""
     from cluster.core.feature_io import load_ctr_matrix
     from cluster.core.storage import Zone, open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     lake = open_lake(settings)
-    model, version = ModelRegistry(lake).load("ctr")
+    model, version = open_registry(settings, lake).load("ctr")
     run = version.feature_run_id or lake.read_json(Zone.FEATURES, "ctr_train", "latest.json")["run_id"]
     matrix = load_ctr_matrix(lake, "test", run_id=run)
     rows = lake.read_parquet(f"{Zone.FEATURES.value}/ctr_train/run={run}", "split=test")
@@ -135,7 +135,7 @@ def test_ctr_live_api_answers_what_the_serving_code_computes(chain):
     from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.client import MarketingClient
     from ray_apps.ctr.service import CtrScorer
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     settings = chain["settings"]
     model, version, rows, _, _ = _ctr_test_rows(settings)
@@ -145,7 +145,7 @@ def test_ctr_live_api_answers_what_the_serving_code_computes(chain):
                   for _, r in sample.iterrows()]
     store = open_profile_store(settings)
     try:
-        local = CtrScorer(store, *ModelRegistry(open_lake(settings)).load("ctr"), max_batch=100,
+        local = CtrScorer(store, *open_registry(settings).load("ctr"), max_batch=100,
                           max_user_id_length=settings.serve.max_user_id_length)
         expected = local.score(candidates, today=datetime.now(timezone.utc).date())
     finally:
@@ -165,13 +165,13 @@ def test_segment_served_from_the_profile_equals_the_batch_segment_of_the_trainin
     same segment; and a user the platform knows without a paid order gets no_purchases."""
     from cluster.core.feature_io import load_latest
     from cluster.core.storage import open_lake, open_profile_store
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.service import NO_PURCHASES_NAME, SegmentLookup
     from ray_apps.segments.train import load_features
 
     settings = env["settings"]
     lake = open_lake(settings)
-    model, version = ModelRegistry(lake).load("segments")
+    model, version = open_registry(settings, lake).load("segments")
     frame, _, features = load_features(settings)
     assert tuple(model.features_) == tuple(features)
     frame = frame.sample(n=min(SAMPLE, len(frame)), random_state=0).reset_index(drop=True)

@@ -65,9 +65,9 @@ def _store(env):
 
 def _load(env, family: str):
     """The served (current) version of a family: ``(model, ModelVersion)``."""
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
-    return _cached(env, f"model:{family}", lambda: ModelRegistry(_lake(env)).load(family))
+    return _cached(env, f"model:{family}", lambda: open_registry(env["settings"], _lake(env)).load(family))
 
 
 def _close(a: float, b: float, tol: float = TOL) -> bool:

@@ -46,10 +46,10 @@ def test_segments_recover_planted_archetypes(chain):
     as a silhouette search on raw skewed RFM tends to, drops it below 0.6.
     """
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     settings = chain["settings"]
     lake = open_lake(settings)
-    model, mv = ModelRegistry(lake).load("segments")
+    model, mv = open_registry(settings, lake).load("segments")
     assert mv.version == chain["model"].version
     assert model.features_[-1] == "clv_predicted"
     features = _features(lake, chain)
@@ -66,11 +66,11 @@ def test_segments_recover_planted_archetypes(chain):
 
 def test_separate_process_gets_answers_and_errors(chain):
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     settings = chain["settings"]
     lake = open_lake(settings)
     features = _features(lake, chain).sample(n=5, random_state=3)
-    model, mv = ModelRegistry(lake).load("segments")
+    model, mv = open_registry(settings, lake).load("segments")
     sv = settings.serve
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("client_process.py")), f"{sv.grpc_client_host}:{sv.grpc_port}",

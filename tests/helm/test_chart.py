@@ -3,6 +3,8 @@ promises of docs/deploy-helm.md on the rendered manifests."""
 
 from __future__ import annotations
 
+import base64
+
 import copy
 import re
 import subprocess
@@ -291,8 +293,12 @@ def test_probes_and_resources_on_every_long_running_container(rendered):
 def test_no_secret_value_outside_a_secret(render):
     docs = render(sets=(f"secrets.apiKeys.values={{{SECRET_API_KEY}}}", f"secrets.piiKeys.value={SECRET_PII}"))
     secrets = {d["metadata"]["name"]: d for d in docs.of_kind("Secret")}
-    assert {s["stringData"].get("api-keys") or s["stringData"].get("pii-keys") for s in secrets.values()} == {
-        SECRET_API_KEY, SECRET_PII}
+    assert {s["stringData"].get("api-keys") or s["stringData"].get("pii-keys")
+            for s in secrets.values() if "stringData" in s} == {SECRET_API_KEY, SECRET_PII}
+    # The registry key: generated (64 random characters) when none is given, kept on upgrades.
+    generated = [s for s in secrets.values() if "registry-key" in s.get("data", {})]
+    assert len(generated) == 1 and len(base64.b64decode(generated[0]["data"]["registry-key"])) == 64
+    assert generated[0]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     for doc in docs:
         if doc["kind"] != "Secret":
             text = yaml.safe_dump(doc)
@@ -301,9 +307,15 @@ def test_no_secret_value_outside_a_secret(render):
     for owner, spec in _pod_specs(docs):
         for container in spec["containers"]:
             env = {e["name"]: e for e in container.get("env", [])}
-            if "PMKT_SETTINGS" in env:
-                assert env["PMKT_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] in secrets, owner
-                assert env["PMKT_PII_KEYS"]["valueFrom"]["secretKeyRef"]["name"] in secrets, owner
+            if "PMKT_SETTINGS" not in env:
+                continue
+            # Each pod gets the keys its work needs and no other: Ray (serving, tuning) the API
+            # keys and the registry key; the Spark build (ingest) the PII keys.
+            ray = owner.startswith(("RayService/", "RayJob/"))
+            wanted = {"PMKT_API_KEYS", "PMKT_REGISTRY_KEY"} if ray else {"PMKT_PII_KEYS"}
+            assert {n for n in env if n in {"PMKT_API_KEYS", "PMKT_PII_KEYS", "PMKT_REGISTRY_KEY"}} == wanted, owner
+            for name in wanted:
+                assert env[name]["valueFrom"]["secretKeyRef"]["name"] in secrets, owner
 
 
 def test_existing_secrets_are_referenced_not_created(render, tmp_path):
@@ -315,7 +327,7 @@ def test_existing_secrets_are_referenced_not_created(render, tmp_path):
             for e in container.get("env", []):
                 if "secretKeyRef" in e.get("valueFrom", {}):
                     refs.add(e["valueFrom"]["secretKeyRef"]["name"])
-    assert refs == {"pmkt-api-keys", "pmkt-pii-keys"}
+    assert refs == {"pmkt-api-keys", "pmkt-pii-keys", "pmkt-registry-key"}
     # With the keys in an existing Secret the API requires them.
     from cluster.core.settings import load_settings
 
@@ -390,3 +402,8 @@ def test_notes_name_the_api_service_and_warn_about_an_open_api(tools):
     assert "svc/pm-precision-marketing-serve-serve-svc 8000" in open_api
     assert "WARNING: no API keys" in open_api
     assert "WARNING" not in notes("secrets.apiKeys.existingSecret=pmkt-api-keys")
+
+
+def test_every_pod_runs_with_the_runtime_default_seccomp_profile(render):
+    for owner, spec in _pod_specs(render()):
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, owner

@@ -40,7 +40,26 @@ def cluster_settings() -> Settings:
         if os.environ.get("PMKT_REQUIRE_CLUSTER") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    return load_settings(path=path)
+    settings = load_settings(path=path)
+    # Ray reads its authentication settings when first imported: before any test imports it.
+    from ray_apps.runtime import ray_auth_env
+
+    os.environ.update(ray_auth_env(settings))
+    # The cluster requires API keys: the tests (and the pmkt commands they start) call as the
+    # inventory's admin client, ops; test_h_security also calls as reader and as nobody.
+    os.environ["PMKT_API_KEY"] = api_keys(settings)["ops"]
+    return settings
+
+
+def api_keys(settings: Settings) -> dict[str, str]:
+    """client -> key, from the key file the platform role generated (serve.auth.keys_file)."""
+    from cluster.core.keyfiles import read_private_file
+    from ray_apps.serve.auth import parse_keys
+
+    path = settings.serve.auth.keys_file
+    assert path is not None, "the cluster settings name no serve.auth.keys_file"
+    return {client: k.key for client, k in
+            parse_keys(read_private_file(path, "serve.auth.keys_file"), str(path)).items()}
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +76,10 @@ def pipeline(cluster_settings, tmp_path_factory):
     from cluster.core.errors import FailedPrecondition, NotFound
     from cluster.core.storage import Zone, open_lake
     from ray_apps.client import MarketingClient
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     lake = open_lake(cluster_settings)
-    untrained = not ModelRegistry(lake).versions("segments")
+    untrained = not open_registry(cluster_settings, lake).versions("segments")
     before = None
     if untrained:  # a fresh cluster: the deployed application waits for a model
         with MarketingClient.from_settings(cluster_settings, timeout_s=10) as client:
@@ -79,7 +98,7 @@ def pipeline(cluster_settings, tmp_path_factory):
              "PMKT_EVALUATION__GOALS": "{cmp001: {duration_days: 120, conversions: 5, ctr: 0.05, budget: 20}}"},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    registry = ModelRegistry(lake)
+    registry = open_registry(cluster_settings, lake)
     yield {
         "work": work,
         "stdout": proc.stdout + proc.stderr,

@@ -58,9 +58,9 @@ def test_serve_answers_from_hbase(cluster_settings, pipeline):
 
 def test_every_model_family_is_tuned_and_registered_on_the_cluster(cluster_settings, pipeline):
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
-    registry = ModelRegistry(open_lake(cluster_settings))
+    registry = open_registry(cluster_settings)
     for name in ("ctr", "recs", "churn"):
         mv = registry.get(name)
         assert mv.metrics["trial_nodes"] >= 1 and registry.extra(name, mv.version, "tuning.json")["trials"], name

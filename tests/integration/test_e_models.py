@@ -43,9 +43,9 @@ def _deployed_at(settings) -> float:
 def _expect(settings, lake, users: pd.DataFrame, version: str, timeout_s: float) -> None:
     """Poll until every user's answer names ``version`` and carries that model's segment."""
     from ray_apps.client import MarketingClient
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
-    model, mv = ModelRegistry(lake).load("segments", version)
+    model, mv = open_registry(settings, lake).load("segments", version)
     expected = dict(zip(users["user_id"], model.predict(users[list(model.features_)])))
     deadline = time.monotonic() + timeout_s
     last = None
@@ -61,10 +61,10 @@ def _expect(settings, lake, users: pd.DataFrame, version: str, timeout_s: float)
 
 def test_promote_and_rollback_switch_serving_without_a_restart(cluster_settings, pipeline):
     from cluster.core.storage import Zone, open_lake, open_profile_store
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     lake = open_lake(cluster_settings)
-    registry = ModelRegistry(lake)
+    registry = open_registry(cluster_settings, lake)
     first = pipeline["model"]
     rfm = lake.read_parquet(pipeline["rfm"]["path"])
     clv = lake.read_parquet(lake.read_json(Zone.FEATURES, "clv", "latest.json")["path"],

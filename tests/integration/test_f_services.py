@@ -15,10 +15,10 @@ pytestmark = pytest.mark.cluster
 def served(cluster_settings, pipeline):
     from cluster.core.storage import decode_flag, open_lake, open_profile_store
     from ray_apps.client import MarketingClient
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
 
     lake = open_lake(cluster_settings)
-    current = {name: ModelRegistry(lake).get(name).ref for name in ("ctr", "recs", "churn")}
+    current = {name: open_registry(cluster_settings, lake).get(name).ref for name in ("ctr", "recs", "churn")}
     store = open_profile_store(cluster_settings)
     consent_cols = [f"a:opt_in_{c}" for c in cluster_settings.channels.names]
     users, consenting, silent = [], [], []

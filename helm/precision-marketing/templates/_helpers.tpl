@@ -56,28 +56,46 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "pm.apiKeysSecret" -}}
 {{- default (include "pm.component" (dict "root" . "component" "api-keys")) .Values.secrets.apiKeys.existingSecret -}}
 {{- end -}}
+{{- define "pm.registryKeySecret" -}}
+{{- default (include "pm.component" (dict "root" . "component" "registry-key")) .Values.secrets.registryKey.existingSecret -}}
+{{- end -}}
 {{- define "pm.piiKeysSecret" -}}
 {{- default (include "pm.component" (dict "root" . "component" "pii-keys")) .Values.secrets.piiKeys.existingSecret -}}
 {{- end -}}
 
-{{/* Environment of every platform container: the settings file and the keys from Secrets. */}}
+{{/* Environment of a platform container: the settings file and the keys it needs from Secrets,
+and no other. Called with (dict "root" $ "keys" (list "api" "pii" "registry")): the Ray pods get
+the API keys and the registry key (serving checks keys and verifies models; tuning signs them),
+the Spark build gets the PII keys (ingest encrypts ID numbers) and nothing else. */}}
 {{- define "pm.platformEnv" -}}
+{{- $root := .root -}}
 - name: PMKT_SETTINGS
   value: /etc/pmkt/settings.yaml
 - name: RAY_AUTH_MODE
   value: disabled
+{{- if has "api" .keys }}
 - name: PMKT_API_KEYS
   valueFrom:
     secretKeyRef:
-      name: {{ include "pm.apiKeysSecret" . }}
+      name: {{ include "pm.apiKeysSecret" $root }}
       key: api-keys
       optional: true
+{{- end }}
+{{- if has "pii" .keys }}
 - name: PMKT_PII_KEYS
   valueFrom:
     secretKeyRef:
-      name: {{ include "pm.piiKeysSecret" . }}
+      name: {{ include "pm.piiKeysSecret" $root }}
       key: pii-keys
       optional: true
+{{- end }}
+{{- if has "registry" .keys }}
+- name: PMKT_REGISTRY_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pm.registryKeySecret" $root }}
+      key: registry-key
+{{- end }}
 {{- end -}}
 
 {{/* The pod template of a Ray node (head or worker) running the platform image. */}}
@@ -106,7 +124,7 @@ spec:
       securityContext:
         {{- toYaml $root.Values.securityContext | nindent 8 }}
       env:
-        {{- include "pm.platformEnv" $root | nindent 8 }}
+        {{- include "pm.platformEnv" (dict "root" $root "keys" (list "api" "registry")) | nindent 8 }}
       ports:
         {{- if .head }}
         - {name: gcs, containerPort: 6379}

@@ -32,7 +32,7 @@ def tune_and_load():
     through :func:`ray_apps.tuning.run_tune` (trials in Ray workers; Ray shut down after), then the
     current version of ``spec.name`` loaded back from the registry."""
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.runtime import shutdown_ray
     from ray_apps.tuning import run_tune
 
@@ -41,7 +41,7 @@ def tune_and_load():
             outcome = run_tune(settings, spec, **options)
         finally:
             shutdown_ray()
-        model, version = ModelRegistry(open_lake(settings)).load(spec.name)
+        model, version = open_registry(settings).load(spec.name)
         return outcome, model, version
 
     return run

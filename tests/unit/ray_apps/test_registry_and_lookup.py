@@ -5,6 +5,7 @@ import pytest
 from cluster.core.errors import InvalidArgument, NotFound
 from cluster.core.storage import LocalLake, SqliteProfileStore
 from ray_apps.registry import ModelRegistry
+from tests.registry_keys import TEST_REGISTRY_KEY
 from ray_apps.segments.model import RFMSegmenter
 from ray_apps.segments.service import SegmentLookup
 
@@ -16,7 +17,7 @@ def _model(seed=0):
 
 
 def test_versions_increment_and_current_moves(tmp_path):
-    reg = ModelRegistry(LocalLake(tmp_path))
+    reg = ModelRegistry(LocalLake(tmp_path), TEST_REGISTRY_KEY)
     with pytest.raises(NotFound, match="pmkt tune segments"):
         reg.current_version("segments")
     v1 = reg.register("segments", _model(0), metrics={"silhouette": 0.5}, params={"k": 3}, feature_run_id="r1")
@@ -31,7 +32,7 @@ def test_versions_increment_and_current_moves(tmp_path):
 
 
 def test_registry_rejects_bad_names_and_versions(tmp_path):
-    reg = ModelRegistry(LocalLake(tmp_path))
+    reg = ModelRegistry(LocalLake(tmp_path), TEST_REGISTRY_KEY)
     with pytest.raises(InvalidArgument):
         reg.versions("../etc")
     with pytest.raises(InvalidArgument):
@@ -42,7 +43,7 @@ def test_registry_rejects_bad_names_and_versions(tmp_path):
 
 @pytest.fixture()
 def lookup(tmp_path):
-    reg = ModelRegistry(LocalLake(tmp_path / "lake"))
+    reg = ModelRegistry(LocalLake(tmp_path / "lake"), TEST_REGISTRY_KEY)
     reg.register("segments", _model(), metrics={}, params={}, feature_run_id="r1")
     model, mv = reg.load("segments")
     store = SqliteProfileStore(tmp_path / "p.sqlite")
@@ -84,7 +85,7 @@ def test_current_model_waits_for_training_then_follows_new_versions(tmp_path):
     from cluster.core.errors import FailedPrecondition
     from ray_apps.segments.service import CurrentSegmentModel
 
-    reg = ModelRegistry(LocalLake(tmp_path / "lake"))
+    reg = ModelRegistry(LocalLake(tmp_path / "lake"), TEST_REGISTRY_KEY)
     store = SqliteProfileStore(tmp_path / "p.sqlite")
     store.write_batch([("u1", {"f:rfm_recency_days": 3, "f:rfm_frequency": 12, "f:rfm_monetary": 500.0})])
     now = [0.0]

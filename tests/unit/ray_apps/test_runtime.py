@@ -47,3 +47,16 @@ def test_a_client_connection_refused_every_time_is_unavailable_with_the_reason(c
     assert len(calls) == 3
     assert "ray://127.0.0.9:10001" in err.value.message
     assert "ray_client_server_23008.err" in err.value.message
+
+
+def test_the_ray_auth_environment_names_the_token_file_never_the_token(tmp_path):
+    from cluster.core.settings import load_settings
+    from ray_apps.runtime import ray_auth_env
+
+    token = tmp_path / "ray.token"
+    token.write_text("secret-token-value")
+    settings = load_settings("cluster", env={"PMKT_RAY__AUTH_MODE": "token", "PMKT_RAY__AUTH_TOKEN_FILE": str(token)})
+    env = ray_auth_env(settings)
+    assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    assert "secret-token-value" not in str(env)
+    assert ray_auth_env(load_settings("embedded", env={"PMKT_HOME": str(tmp_path)})) == {}

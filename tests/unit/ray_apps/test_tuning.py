@@ -13,7 +13,8 @@ import pytest
 
 from cluster.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from cluster.core.storage import LocalLake, Zone, open_lake
-from ray_apps.registry import ModelRegistry
+from ray_apps.registry import ModelRegistry, open_registry
+from tests.registry_keys import TEST_REGISTRY_KEY
 from ray_apps.segments.model import RFMSegmenter
 from ray_apps.segments.train import SPEC, clv_tests
 from ray_apps.tuning import get_spec, grid_configs, run_trial, run_tune
@@ -84,7 +85,7 @@ def test_search_registers_the_best_k_with_clv_tests_and_the_trial_table(tuned):
     assert [row["k"] for row in mv.metrics["elbow"]] == ks
     inertia = [row["inertia"] for row in mv.metrics["elbow"]]
     assert inertia == sorted(inertia, reverse=True)  # the elbow curve falls with k
-    reg = ModelRegistry(open_lake(settings))
+    reg = open_registry(settings)
     tuning = reg.extra("segments", mv.version, "tuning.json")
     assert tuning["compute"]["trials"] == 5 and tuning["best_config"] == {"k": 4}
     assert mv.feature_run_id == "t1+clv=t1" and reg.current_version("segments") == mv.version
@@ -127,14 +128,14 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(tmp_pat
     assert proc.returncode == 3, out[-3000:]
     assert "was interrupted" in out and "nothing registered" in out
     with pytest.raises(NotFound):
-        ModelRegistry(open_lake(settings)).current_version("segments")
+        open_registry(settings).current_version("segments")
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "(resumed)" in again.stdout and "16 trials" in again.stdout
     for trial, result in finished.items():  # a finished trial was not run again
         assert next(tune_dir.glob(f"*/{trial}/result.json")).read_bytes() == result
-    reg = ModelRegistry(open_lake(settings))
+    reg = open_registry(settings)
     tuning = reg.extra("segments", reg.current_version("segments"), "tuning.json")
     assert tuning["resumed"] and tuning["compute"]["trials"] == 16
 
@@ -160,7 +161,7 @@ def _fit(seed):
 
 
 def test_promote_and_rollback_move_the_pointer_as_a_stack(tmp_path):
-    reg = ModelRegistry(LocalLake(tmp_path))
+    reg = ModelRegistry(LocalLake(tmp_path), TEST_REGISTRY_KEY)
     with pytest.raises(NotFound):
         reg.rollback("segments")
     for i in range(3):
@@ -186,7 +187,7 @@ def test_promote_and_rollback_move_the_pointer_as_a_stack(tmp_path):
 
 def test_pointer_written_before_promote_existed_still_reads(tmp_path):
     lake = LocalLake(tmp_path)
-    reg = ModelRegistry(lake)
+    reg = ModelRegistry(lake, TEST_REGISTRY_KEY)
     reg.register("segments", _fit(0), metrics={}, params={}, feature_run_id="r0")
     reg.register("segments", _fit(1), metrics={}, params={}, feature_run_id="r1", make_current=False)
     lake.write_json({"version": "v0001"}, Zone.REGISTRY, "segments", "current.json")  # the old format
@@ -200,7 +201,7 @@ def test_served_lookup_follows_promote_and_rollback(tmp_path):
     from ray_apps.segments.service import CurrentSegmentModel
 
     lake = LocalLake(tmp_path / "lake")
-    reg = ModelRegistry(lake)
+    reg = ModelRegistry(lake, TEST_REGISTRY_KEY)
     reg.register("segments", _fit(0), metrics={}, params={}, feature_run_id="r0")
     reg.register("segments", _fit(1), metrics={}, params={}, feature_run_id="r1")
     store = SqliteProfileStore(tmp_path / "p.db")

@@ -43,12 +43,12 @@ def test_models_commands_move_the_serving_version(tmp_path, monkeypatch, capsys)
 
     from cluster.core.settings import load_settings
     from cluster.core.storage import open_lake
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.model import RFMSegmenter
 
     monkeypatch.setenv("PMKT_HOME", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
-    reg = ModelRegistry(open_lake(load_settings("embedded")))
+    reg = open_registry(load_settings("embedded"))
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.integers(1, 200, 300), rng.integers(1, 20, 300), rng.gamma(2, 300, 300)]).astype(float)
     for k in (3, 4):

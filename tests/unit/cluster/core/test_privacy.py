@@ -543,3 +543,29 @@ def test_privacy_cli_init_key_and_reveal_id(pipeline, tmp_path, monkeypatch, cap
         reveal_id_numbers(pipeline["settings"], "no-such-user", "DSAR-4")
     with pytest.raises(InvalidArgument):
         reveal_id_numbers(pipeline["settings"], user["user_id"], "  ")
+
+
+def test_reveal_id_refuses_a_forgotten_user_and_audits_the_refusal(pipeline):
+    from cluster.core.errors import FailedPrecondition
+    from cluster.core.storage import open_lake
+    from cluster.core.tombstones import Tombstones
+
+    settings = pipeline["settings"]
+    user = [r for r in _raw_users(settings.lake.root) if r[ID_NUMBER_COLUMN]][-1]
+    assert reveal_id_numbers(settings, user["user_id"], "DSAR-before")  # revealed while not forgotten
+    lake = open_lake(settings)
+    tombstones = Tombstones(lake)
+    tombstones.add(user["user_id"], "DSAR-erasure")
+    try:
+        with pytest.raises(FailedPrecondition, match="forgotten"):
+            reveal_id_numbers(settings, user["user_id"], "DSAR-after")
+        audit = settings.lake.root / "reports" / "privacy" / "reveal"
+        assert any("DSAR-after" in p.read_text() and "refused: user forgotten" in p.read_text()
+                   for p in audit.glob("*.json"))
+    finally:  # the pipeline fixture is shared: leave the user as the other tests expect
+        from cluster.core.catalog import TOMBSTONES
+
+        for name in TOMBSTONES.list_dir(lake):
+            if TOMBSTONES.read_json(lake, name)["user_id"] == user["user_id"]:
+                TOMBSTONES.delete(lake, name)
+    assert not Tombstones(lake).is_forgotten(user["user_id"])

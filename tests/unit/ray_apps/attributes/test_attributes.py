@@ -33,7 +33,7 @@ def attr(built_tables, tmp_path_factory):
     and registered, the profiles' declared genders written to a private SQLite store, and one
     prediction run."""
     from ray_apps.attributes import service, train
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.tuning import grid_configs, run_trial
     from spark_jobs import attributes
 
@@ -49,7 +49,7 @@ def attr(built_tables, tmp_path_factory):
     rows = [{"config": c, **run_trial(train.SPEC, c, dataset.data)[-1]} for c in grid_configs(train.space(s))]
     best = min(rows, key=lambda r: r["val_log_loss"])
     fitted = train.SPEC.fit(best["config"], dataset.data, rows)
-    mv = ModelRegistry(lake).register("attributes", fitted.model, metrics=fitted.metrics, params=fitted.params,
+    mv = open_registry(s, lake).register("attributes", fitted.model, metrics=fitted.metrics, params=fitted.params,
                                       feature_run_id=dataset.feature_run_id)
 
     # What the profile build writes for the declared attribute (spark_jobs/profiles.py: a:gender

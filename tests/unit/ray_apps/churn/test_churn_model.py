@@ -292,3 +292,12 @@ def test_the_search_runs_through_ray_tune_and_registers_a_servable_model(generat
     outlook = model.predict_user(row)
     curve = [s for _, s in outlook["survival"]]
     assert 0.0 <= min(curve) <= max(curve) <= 1.0 and curve == sorted(curve, reverse=True)
+    # A user forgotten since the table was built is answered as a user it does not hold.
+    from cluster.core.errors import NotFound
+    from cluster.core.storage import open_lake
+    from ray_apps.churn.service import ChurnScorer
+
+    lake, uid = open_lake(generated["settings"]), str(row["user_id"])
+    assert ChurnScorer(lake, model, mv, max_user_id_length=128).risk(uid).user_id == uid
+    with pytest.raises(NotFound, match="not in the churn table"):
+        ChurnScorer(lake, model, mv, max_user_id_length=128, forgotten={uid}.__contains__).risk(uid)

@@ -166,6 +166,33 @@ def test_rec_model_cold_start_gets_category_popularity_then_popularity():
     assert reason == REASON_POPULARITY
 
 
+def test_a_forgotten_user_gets_a_strangers_list_from_the_model_and_the_service():
+    from types import SimpleNamespace
+
+    from ray_apps.recs.service import Recommender
+
+    model = _rec_model()
+    stranger = model.recommend("stranger", n=5)
+    assert model.recommend("u00", n=5).reason == REASON_MODEL  # personalised while remembered
+    assert model.recommend("u00", n=5, anonymous=True) == stranger
+    assert model.recommend("ghost", n=5, anonymous=True) == stranger  # the stored categories are not used
+    items, _ = model.recommend("u00", n=5, exclude=["i20"], anonymous=True)
+    assert "i20" not in {t for t, _ in items}
+
+    class NoStore:
+        def read(self, user_id, columns):
+            raise AssertionError("a forgotten user's profile is not read")
+
+    version = SimpleNamespace(ref="recs/v0001", feature_run_id="r1")
+    forgotten = {"u00"}
+    served = Recommender(NoStore(), model, version, max_exclude=10, max_user_id_length=128,
+                         forgotten=forgotten.__contains__)
+    answer = served.recommend("u00", n=5)
+    assert answer.reason == REASON_POPULARITY
+    assert [i.item_id for i in answer.items] == [t for t, _ in stranger.items]
+    assert served.recommend("u01", n=5).reason == REASON_MODEL
+
+
 def test_rec_model_users_with_too_few_interactions_get_the_fallback_without_their_seen_items():
     model = _rec_model(min_interactions=7)  # every user has 6
     items, reason = model.recommend("u00", n=10)

@@ -20,6 +20,7 @@ from ray_apps.offers.policy import ScoreInputs, decide
 from ray_apps.offers.service import OfferEngine
 from ray_apps.profiles.service import ProfileLookup
 from ray_apps.registry import ModelRegistry
+from tests.registry_keys import TEST_REGISTRY_KEY
 from ray_apps.segments.model import FEATURES_WITH_CLV, RFMSegmenter
 from ray_apps.segments.service import (
     NO_PURCHASES_ID,
@@ -72,7 +73,7 @@ def store(tmp_path):
 
 
 def _registry(tmp_path, model) -> ModelRegistry:
-    reg = ModelRegistry(LocalLake(tmp_path / "lake"))
+    reg = ModelRegistry(LocalLake(tmp_path / "lake"), TEST_REGISTRY_KEY)
     reg.register("segments", model, metrics={}, params={}, feature_run_id="r1")
     return reg
 
@@ -144,7 +145,7 @@ def test_a_profile_without_rfm_carries_the_no_purchases_segment(current, store, 
 
 
 def test_a_profile_without_a_model_has_no_segment(tmp_path, store):
-    empty = CurrentSegmentModel(ModelRegistry(LocalLake(tmp_path / "none")), store, refresh_s=60,
+    empty = CurrentSegmentModel(ModelRegistry(LocalLake(tmp_path / "none"), TEST_REGISTRY_KEY), store, refresh_s=60,
                                 max_user_id_length=64)
     p = ProfileLookup(store, empty, max_user_id_length=64).get("profiled")
     assert not p.HasField("segment") and p.attributes.city == "上海"

@@ -11,14 +11,14 @@ def replica(settings_factory):
     """An :class:`~ray_apps.serve.api.ApiReplica` whose lake holds a segments model (and no other),
     and whose profile store knows a buyer who consented to every channel and a user without orders."""
     from cluster.core.storage import open_lake, open_profile_store
-    from ray_apps.registry import ModelRegistry
+    from ray_apps.registry import open_registry
     from ray_apps.segments.model import RFMSegmenter
     from ray_apps.serve.api import ApiReplica
 
     settings = settings_factory()
     rng = np.random.default_rng(0)
     rfm = np.column_stack([rng.integers(1, 200, 200), rng.integers(1, 20, 200), rng.gamma(2, 300, 200)]).astype(float)
-    ModelRegistry(open_lake(settings)).register("segments", RFMSegmenter(n_clusters=3, random_state=0).fit(rfm),
+    open_registry(settings).register("segments", RFMSegmenter(n_clusters=3, random_state=0).fit(rfm),
                                                 metrics={}, params={"k": 3}, feature_run_id="r1")
     consent = {f"a:opt_in_{c}": "1" for c in settings.channels.names}
     open_profile_store(settings).write_batch([

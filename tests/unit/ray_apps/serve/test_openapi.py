@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ray_apps.serve.services import SERVICES
 
-OPERATIONS = [(r.verb, re.sub(r":\w+}", "}", r.path)) for s in SERVICES for r in s.http]
+OPERATIONS = [(r.verb, re.sub(r":\w+}", "}", r.path)) for s in SERVICES for r in s.http] + [("GET", "/v1/models/health")]
 ERROR_CODES = {"invalid_argument", "not_found", "failed_precondition", "unauthenticated", "unavailable"}
 
 
@@ -203,3 +203,9 @@ def test_fuzzed_requests_get_a_defined_answer(client, verb, path, data):
     assert error["code"] in ERROR_CODES and error["message"], (request, body)
     if resp.status_code == 422:
         assert error["code"] == "invalid_argument" and error.get("field"), (request, body)
+
+
+def test_model_health_names_the_served_version_of_each_family(client):
+    models = client.get("/v1/models/health").json()["models"]
+    assert {"segments", "ctr", "recs", "churn", "demand"} <= set(models)
+    assert models["segments"]["serving"].startswith("segments/v") and models["segments"]["refused"] is None
