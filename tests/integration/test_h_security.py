@@ -82,6 +82,14 @@ def test_an_attacker_without_credentials_is_refused_by_every_service(cluster_set
     dashboard = f"http://{gcs_host}:8265"
     spark_host, spark_port = _hostport(s.spark.master)
     sv = s.serve
+    spark_code = textwrap.dedent(f"""
+        import os
+        os.environ["SPARK_LOCAL_IP"] = {ADDRESS!r}
+        from pyspark.sql import SparkSession
+        s = (SparkSession.builder.appName("pmkt-attacker").master({s.spark.master!r})
+             .config("spark.driver.host", {ADDRESS!r}).config("spark.ui.enabled", "false").getOrCreate())
+        print("SPARK-ACCEPTED", s.sparkContext.parallelize(range(10)).count())
+    """)
     got = attacker(f"""
         import json, socket, subprocess, sys, time, urllib.error, urllib.request
         import grpc
@@ -105,15 +113,7 @@ def test_an_attacker_without_credentials_is_refused_by_every_service(cluster_set
             out[name] = {{"code": code, "ms": round((time.perf_counter() - t) * 1000, 1)}}
 
         # A Spark application without the secret, started first: it takes longest to give up.
-        spark = subprocess.Popen([sys.executable, "-c", '''
-import os
-os.environ["SPARK_LOCAL_IP"] = {ADDRESS!r}
-from pyspark.sql import SparkSession
-s = (SparkSession.builder.appName("pmkt-attacker").master({s.spark.master!r})
-     .config("spark.driver.host", {ADDRESS!r}).config("spark.ui.enabled", "false")
-     .config("spark.network.timeout", "20s").getOrCreate())
-print("SPARK-ACCEPTED", s.sparkContext.parallelize(range(10)).count())
-'''], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        spark = subprocess.Popen([sys.executable, "-c", {spark_code!r}], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
         from ray.core.generated import gcs_service_pb2 as gp, gcs_service_pb2_grpc as gg
         from ray.core.generated import ray_client_pb2 as cp, ray_client_pb2_grpc as cg
@@ -161,10 +161,13 @@ print("SPARK-ACCEPTED", s.sparkContext.parallelize(range(10)).count())
 
         try:
             spark_out, _ = spark.communicate(timeout=90)
+            out["spark_waited"] = "exited"
         except subprocess.TimeoutExpired:
             spark.kill()
             spark_out, _ = spark.communicate()
+            out["spark_waited"] = "killed after 90 s without an answer"
         out["spark_accepted"] = "SPARK-ACCEPTED" in spark_out
+        out["spark_refused_sasl"] = "SaslMessage" in spark_out  # the master wants the shared secret
         out["spark_tail"] = [l for l in spark_out.splitlines() if "Exception" in l or "ERROR" in l][-3:]
         print(json.dumps(out))
     """, timeout=240)
@@ -178,6 +181,8 @@ print("SPARK-ACCEPTED", s.sparkContext.parallelize(range(10)).count())
     assert got["http_profile"] == 401
     assert got["oversized_keyless"]["status"] == 401
     assert not got["spark_accepted"]
+    # refused by the master's authentication, not stopped by a mistake of the test's own driver
+    assert got["spark_refused_sasl"], got["spark_tail"]
     with urllib.request.urlopen(f"{s.cluster.spark_master_http}/json/", timeout=10) as resp:
         apps = json.load(resp)
     names = [a["name"] for a in apps.get("activeapps", []) + apps.get("completedapps", [])]
