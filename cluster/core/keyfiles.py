@@ -8,12 +8,13 @@ the path, never the content.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
 from cluster.core.errors import ConfigError
 
-__all__ = ["read_private_file", "read_secret_file"]
+__all__ = ["create_private_file", "read_private_file", "read_secret_file"]
 
 
 def read_private_file(path: Path, field: str, *, missing_hint: str = "") -> str:
@@ -58,3 +59,33 @@ def read_secret_file(path: Path, field: str) -> str:
     if not text:
         raise ConfigError(f"{field} {path} is empty", field=field)
     return text
+
+
+def create_private_file(path: Path, text: str) -> bool:
+    """Create the secret file ``path`` holding ``text``, mode 0600 (folder 0700), unless it exists.
+
+    The file appears atomically (written aside with O_EXCL, fsynced, then hard-linked into place),
+    so two processes racing to create it end up sharing one content and nobody ever reads a
+    partial or group-readable file.
+
+    Returns:
+        True if the file was created, False if it already existed (it is left as it is).
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True

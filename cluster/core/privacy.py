@@ -30,7 +30,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cluster.core.keyfiles import read_private_file
+from cluster.core.keyfiles import create_private_file, read_private_file
 from cluster.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -322,28 +322,13 @@ def init_key_file(path: Path, key_id: str = "k1") -> bool:
     """
     if not _KEY_ID.match(key_id):
         raise ValueError("a key id must be 1-32 letters, digits, '_' or '-'")
-    path = Path(path)
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = (
         "# Keys that encrypt personal data (docs/privacy.md). One key_id:base64 per line; the first\n"
         "# encrypts, all decrypt. Never commit, copy into tickets or print this file.\n"
         f"{key_id}:{base64.b64encode(generate_key()).decode('ascii')}\n"
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    if not create_private_file(Path(path), text):
+        return False
     log.info("created key file %s with key id %s", path, key_id)
     return True
 

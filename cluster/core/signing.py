@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cluster.core.errors import ConfigError, FailedPrecondition
-from cluster.core.keyfiles import read_private_file
+from cluster.core.keyfiles import create_private_file, read_private_file
 
 if TYPE_CHECKING:
     from cluster.core.settings import RegistrySettings
@@ -139,28 +139,13 @@ def init_registry_key_file(path: Path) -> bool:
     Returns:
         True if the file was created, False if it already existed (it is left as it is).
     """
-    path = Path(path)
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = (
         "# The key that signs model artifacts (docs/security.md#signed-model-artifacts). Never commit,\n"
         "# copy into tickets or print this file; replacing it invalidates every signature.\n"
         f"{base64.b64encode(secrets.token_bytes(MIN_KEY_BYTES)).decode('ascii')}\n"
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    if not create_private_file(Path(path), text):
+        return False
     log.info("created registry key file %s", path)
     return True
 
