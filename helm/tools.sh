@@ -15,7 +15,7 @@
 set -euo pipefail
 
 HELM_VERSION=v4.3.1
-KUBERAY_VERSION=v1.5.0
+KUBERAY_VERSION=v1.5.1
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools=$root/.tools

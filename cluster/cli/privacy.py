@@ -1,4 +1,4 @@
-"""``pmkt privacy init-key | forget | reveal-id``: the encryption keys and lawful access to
+"""``pmkt privacy init-key | forget | purge | reveal-id``: the encryption keys and lawful access to
 personal data (docs/privacy.md)."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from cluster.cli.context import CliContext, pass_ctx
-from cluster.cli.progress import console, err_console
+from cluster.cli.progress import console, err_console, progress_bar
+from cluster.core.errors import NotFound
 
 __all__ = ["privacy_group"]
 
@@ -53,7 +54,7 @@ def privacy_init_key(c: CliContext, key_id: str) -> None:
 def privacy_forget(c: CliContext, user_id: str, reason: str) -> None:
     """Forget USER_ID (right to erasure): delete the profile and counters and record a tombstone,
     so every later build leaves the user out and real-time events for them are rejected.
-    Idempotent. The raw zone keeps the delivered rows; builds skip them."""
+    Idempotent. Files written before keep the user's rows until `pmkt privacy purge`; builds skip them."""
     from cluster.core.forget import forget
 
     new = forget(c.settings, user_id, reason)
@@ -75,3 +76,57 @@ def privacy_reveal_id(c: CliContext, user_id: str, reason: str) -> None:
 
     for value in reveal_id_numbers(c.settings, user_id, reason):
         click.echo(value)
+
+
+@privacy_group.command("purge", short_help="Rewrite the lake's personal tables without forgotten users' rows.")
+@pass_ctx
+def privacy_purge(c: CliContext) -> None:
+    """Rewrite every file of the lake's personal tables without the rows of forgotten users
+    (`pmkt privacy forget`): the raw zone (delivered and real-time rows), the quarantine, every
+    feature run (not only the newest), the landing zone and the attribute reports.
+
+    Each file is replaced atomically (a reader sees the old or the new file); files without a
+    forgotten user are left as they are, so running it again rewrites nothing. Prints the files
+    rewritten and rows removed per table (counts only, no user) and keeps that report under
+    reports/privacy/purge/. Lists the models trained before the newest tombstone: they keep what
+    they learnt from those users until the next training run (serving already ignores them).
+    """
+    from rich.table import Table as RichTable
+
+    from cluster.core.purge import purge
+    from cluster.core.storage import open_lake
+    from cluster.core.tombstones import Tombstones
+    from ray_apps.registry import open_registry
+
+    with progress_bar("purge") as progress:
+        report = purge(c.settings, step=progress)
+    if not report["forgotten_users"]:
+        console.print("no forgotten users: nothing to purge", highlight=False)
+        return
+    out = RichTable(title=f"purge {report['run_id']}: {report['forgotten_users']} forgotten users")
+    for col in ("table", "files", "rewritten", "rows removed"):
+        out.add_column(col, justify="left" if col == "table" else "right")
+    empty = 0
+    for name, t in report["tables"].items():
+        if not t["files_scanned"]:
+            empty += 1
+            continue
+        out.add_row(name, f"{t['files_scanned']:,}", f"{t['files_rewritten']:,}", f"{t['rows_removed']:,}")
+    console.print(out)
+    if empty:
+        console.print(f"{empty} personal tables have no files yet", highlight=False)
+    console.print(f"{report['rows_removed']:,} rows removed from {report['files_rewritten']:,} files", highlight=False)
+    lake = open_lake(c.settings)
+    newest = max(r.get("forgotten_at", "") for r in Tombstones(lake).records())
+    registry = open_registry(c.settings, lake)
+    stale = []
+    for name in registry.models():
+        try:
+            mv = registry.get(name, verify=False)
+        except NotFound:
+            continue
+        if mv.created_at < newest:
+            stale.append(mv.ref)
+    if stale:
+        console.print(f"trained before the newest tombstone (retrain to drop what they learnt): {', '.join(stale)}",
+                      highlight=False)

@@ -66,6 +66,7 @@ __all__ = [
     "PROFILE_REPORTS",
     "ATTRIBUTE_REPORTS",
     "REVEAL_AUDIT",
+    "PURGE_REPORTS",
     "REGISTRY",
     "TOMBSTONES",
     "FEATURE_SPEC",
@@ -314,6 +315,8 @@ REVEAL_AUDIT = Table("reports.privacy.reveal", Zone.REPORTS, "privacy/reveal", L
 
 REGISTRY = Table("registry", Zone.REGISTRY, ".", Layout.FILES, built_by="pmkt tune MODEL",
                  doc="<model>/<version>/{model.pkl, meta.json, metrics.json, params.json, tuning.json}, current.json")
+PURGE_REPORTS = _reports("privacy/purge", "files rewritten and rows removed per table by each purge (counts only)",
+                         built_by="pmkt privacy purge")
 TOMBSTONES = Table("privacy.tombstones", Zone.PRIVACY, "tombstones", Layout.FILES, personal=True,
                    built_by="pmkt privacy forget", doc="one JSON file per forgotten user")
 
@@ -322,7 +325,7 @@ TABLES: dict[str, Table] = {
     t.name: t
     for t in (*RAW.values(), RT_EVENTS, QUARANTINE, LANDING, CLEAN, RFM, CLV, TAGS, TAG_WEIGHTS, INTERACTIONS,
               CTR_TRAIN, CTR_USERS, CHURN, CAMPAIGNS, CAMPAIGN_DAILY, FUNNELS, DEMAND, ATTRIBUTES, INGEST_REPORTS,
-              CLEAN_REPORTS, PROFILE_REPORTS, ATTRIBUTE_REPORTS, REVEAL_AUDIT, REGISTRY, TOMBSTONES)
+              CLEAN_REPORTS, PROFILE_REPORTS, ATTRIBUTE_REPORTS, REVEAL_AUDIT, PURGE_REPORTS, REGISTRY, TOMBSTONES)
 }
 
 

@@ -16,17 +16,18 @@ log = logging.getLogger(__name__)
 
 #: How a forgotten user leaves the personal tables that no build rewrites.
 _FILES = {
-    QUARANTINE.name: "rejected rows with their reason, kept; no build reads them",
-    LANDING.name: "delivered files staged for one ingest run, deleted after it",
+    QUARANTINE.name: "rejected rows with their reason; no build reads them; `pmkt privacy purge` drops theirs",
+    LANDING.name: "delivered files staged for one ingest run, deleted after it (purge rewrites any left over)",
     TOMBSTONES.name: "the tombstone itself (the user id, no personal data)",
 }
 
 
 def _note(table: Table) -> str:
     if table.layout is Layout.PARTITIONED:
-        how = "kept as delivered; every build reads it without tombstoned users"
+        how = "every build reads it without tombstoned users; `pmkt privacy purge` rewrites it without them"
     elif table.layout is Layout.RUNS:
-        how = f"the next `{table.built_by}` writes a run without the user (earlier runs keep them)"
+        how = (f"the next `{table.built_by}` writes a run without the user; "
+               "`pmkt privacy purge` rewrites the earlier runs")
     elif table.layout is Layout.REPORTS:
         how = f"the next `{table.built_by}` rewrites it without the user"
     else:
@@ -47,7 +48,7 @@ def forget(settings: Settings, user_id: str, reason: str = "data subject request
     The tombstone goes first: a build running meanwhile may still write the profile back,
     but the next build reads the tombstone and leaves the user out, and a rerun of this
     command deletes again. Idempotent. The lake's personal tables (:func:`erasure_notes`) keep
-    the user until their next build.
+    the user's rows until :func:`cluster.core.purge.purge` (``pmkt privacy purge``) rewrites them.
 
     Returns:
         True if the user was not forgotten before.
@@ -59,6 +60,6 @@ def forget(settings: Settings, user_id: str, reason: str = "data subject request
         store.delete(user_id)
     finally:
         store.close()
-    log.info("forgot a user (%s); the lake's personal tables leave them out on their next build:\n  %s",
+    log.info("forgot a user (%s); builds leave them out, `pmkt privacy purge` removes their rows:\n  %s",
              "new tombstone" if new else "already tombstoned", "\n  ".join(erasure_notes()))
     return new

@@ -18,10 +18,10 @@ import os
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.core.contract import MAX_USER_ID_LENGTH
 from cluster.core.errors import ConfigError
@@ -50,6 +50,17 @@ __all__ = [
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 ENV_PREFIX = "PMKT_"
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _empty_is_unset(value: Any) -> Any:
+    return None if value == "" else value
+
+
+#: An optional setting for which "" means unset: ``key_file: ${PMKT_PII_KEY_FILE:-}`` with the
+#: variable unset is "no key file", not the current folder.
+EMPTY_IS_UNSET = BeforeValidator(_empty_is_unset)
+#: An optional file whose empty value means unset.
+OptionalPath = Annotated[Path | None, EMPTY_IS_UNSET]
 
 
 class _Model(BaseModel):
@@ -128,12 +139,7 @@ class SparkSettings(_Model):
     conf: dict[str, str] = Field(default_factory=dict)
     # -- file holding the cluster's spark.authenticate.secret (mode 0600; the Ansible spark role
     #    generates it). Read when the session starts, so the secret is in no settings file.
-    auth_secret_file: Path | None = None
-
-    @field_validator("auth_secret_file", mode="before")
-    @classmethod
-    def _empty_secret_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
+    auth_secret_file: OptionalPath = None
 
     @field_validator("conf", mode="before")
     @classmethod
@@ -162,12 +168,8 @@ class RaySettings(_Model):
     # -- RAY_AUTH_MODE for this process; must match what the cluster's nodes were started with
     auth_mode: Literal["token", "disabled"] | None = None
     # -- the cluster's Ray token file (RAY_AUTH_TOKEN_PATH) when auth_mode is token; mode 0600
-    auth_token_file: Path | None = None
+    auth_token_file: OptionalPath = None
 
-    @field_validator("auth_token_file", mode="before")
-    @classmethod
-    def _empty_token_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
     # -- tries for a ray:// (Ray Client) connection before giving up with UNAVAILABLE
     connect_attempts: int = Field(3, ge=1)
     # -- where the local Ray serves Prometheus metrics (/metrics: Serve's and the API's);
@@ -197,15 +199,10 @@ class AuthSettings(_Model):
     # -- environment variable holding "client:key,client:key"
     keys_env: str = Field("PMKT_API_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # -- file with one client:key per line, mode 0600
-    keys_file: Path | None = None
+    keys_file: OptionalPath = None
     # -- refuse to serve without any key (an open API); true on the cluster profile. An open API
     #    logs a warning at every start.
     required: bool = False
-
-    @field_validator("keys_file", mode="before")
-    @classmethod
-    def _empty_file_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
 
 
 class TlsSettings(_Model):
@@ -213,17 +210,12 @@ class TlsSettings(_Model):
     (Serve's gRPC proxy has no TLS). Unset certfile/keyfile = plaintext."""
 
     # -- PEM certificate chain and private key (mode 0600) of the server
-    certfile: Path | None = None
-    keyfile: Path | None = None
+    certfile: OptionalPath = None
+    keyfile: OptionalPath = None
     # -- port of the gRPC TLS front (forwards to serve.grpc_port); unset = no gRPC TLS
-    grpc_port: int | None = Field(None, ge=1, le=65535)
+    grpc_port: Annotated[int | None, EMPTY_IS_UNSET] = Field(None, ge=1, le=65535)
     # -- for clients: CA bundle that signed the server's certificate (unset = system store)
-    ca_file: Path | None = None
-
-    @field_validator("certfile", "keyfile", "ca_file", "grpc_port", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
+    ca_file: OptionalPath = None
 
     @model_validator(mode="after")
     def _pair(self) -> "TlsSettings":
@@ -345,17 +337,11 @@ class PrivacySettings(_Model):
     # -- environment variable holding the keys, "key_id:base64,key_id:base64" (wins over key_file)
     key_env: str = Field("PMKT_PII_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # -- key file, one "key_id:base64" per line; must not be readable by group or others
-    key_file: Path | None = None
+    key_file: OptionalPath = None
     # -- key that encrypts; default the first key listed (every listed key decrypts)
-    active_key_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    active_key_id: Annotated[str | None, EMPTY_IS_UNSET] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
     # -- create key_file with one random key when it is absent (embedded profile; never on a cluster)
     create_key_file: bool = False
-
-    @field_validator("key_file", "active_key_id", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        # ``key_file: ${PMKT_PII_KEY_FILE:-}`` with the variable unset means "no key file", not ".".
-        return None if value == "" else value
 
     @model_validator(mode="after")
     def _creation_needs_a_file(self) -> "PrivacySettings":
@@ -375,14 +361,9 @@ class RegistrySettings(_Model):
     # -- environment variable holding the signing key (base64 or hex, at least 32 bytes; wins over key_file)
     key_env: str = Field("PMKT_REGISTRY_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # -- file holding the signing key; must not be readable by group or others
-    key_file: Path | None = None
+    key_file: OptionalPath = None
     # -- create key_file with a random key when absent (embedded profile; never on a cluster)
     create_key_file: bool = False
-
-    @field_validator("key_file", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
 
     @model_validator(mode="after")
     def _creation_needs_a_file(self) -> "RegistrySettings":

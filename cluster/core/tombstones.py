@@ -60,16 +60,20 @@ class Tombstones:
         """Uncached check (one lake lookup)."""
         return TOMBSTONES.exists(self.lake, _name(user_id))
 
-    def all(self) -> set[str]:
-        """Every forgotten user id."""
-        out = set()
+    def records(self) -> list[dict]:
+        """Every tombstone: ``user_id``, ``forgotten_at`` (ISO-8601 UTC) and ``reason``."""
+        out = []
         for name in TOMBSTONES.list_dir(self.lake):
             if name.endswith(".json"):
                 try:
-                    out.add(TOMBSTONES.read_json(self.lake, name)["user_id"])
+                    out.append(TOMBSTONES.read_json(self.lake, name))
                 except NotFound:
                     continue
         return out
+
+    def all(self) -> set[str]:
+        """Every forgotten user id."""
+        return {r["user_id"] for r in self.records()}
 
     def contains(self, user_id: str) -> bool:
         """Cached membership (refreshed every ``ttl_s``), for the real-time path."""

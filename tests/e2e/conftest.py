@@ -25,7 +25,8 @@ def chain(settings_factory, tmp_path_factory, spark):
     from ray_apps.tuning import get_spec, run_tune
     from spark_jobs import attributes, campaigns, clv, demand, funnels, ingest, profiles, rfm, tags, training_tables
 
-    settings = settings_factory()
+    # Replicas re-read the tombstones every 2 s (30 s by default), for the forget test.
+    settings = settings_factory(PMKT_EVENTS__TOMBSTONE_TTL_S="2")
     # A campaign with targets, for the report's goal-gap section.
     goal = CampaignGoal(duration_days=150, conversions=40, ctr=0.05, budget=30)
     settings = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(

@@ -132,7 +132,7 @@ def test_values_yaml_and_the_schema_describe_the_same_keys():
 
 # Keys whose meaning values.yaml defines once in its header; the inside of Kubernetes-shaped blocks.
 COMMON_KEYS = {"heap", "resources", "storage", "size", "storageClass", "replicas", "enabled"}
-KUBERNETES_SHAPED = {"resources", "requests", "limits", "podSecurityContext", "securityContext"}
+KUBERNETES_SHAPED = {"resources", "requests", "limits", "podSecurityContext", "securityContext", "operatorFrom"}
 
 
 def test_every_value_is_documented_key_by_key():
@@ -336,17 +336,28 @@ def test_existing_secrets_are_referenced_not_created(render, tmp_path):
     assert load_settings(path=path, env={"PMKT_HOME": str(tmp_path)}).serve.auth.required is True
 
 
-def test_network_policies_cover_every_storage_daemon(render):
+def test_network_policies_deny_by_default_and_admit_only_the_release_the_api_and_the_operator(render):
     docs = render()
-    storage = {"namenode", "datanode", "zookeeper", "hbase-master", "hbase-regionserver", "hbase-thrift"}
-    covered = set()
-    for policy in docs.of_kind("NetworkPolicy"):
-        labels = policy["spec"]["podSelector"].get("matchLabels", {})
-        if labels.get("app.kubernetes.io/component") in storage:
-            (rule,) = policy["spec"]["ingress"]
-            assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "pm"}}}]
-            covered.add(labels["app.kubernetes.io/component"])
-    assert covered == storage
+    policies = docs.of_kind("NetworkPolicy")
+    release = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "pm"}}}
+    # A default deny over every pod of the release (no ingress rule at all).
+    deny = [p for p in policies if p["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "pm"}}
+            and p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")]
+    assert len(deny) == 1
+    # Every workload pod is under it (it carries the release label).
+    for doc in docs:
+        if doc["kind"] in WORKLOADS:
+            assert doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "pm", doc["metadata"]
+    # The allows: from the release's own pods; from outside only the API ports and, for the KubeRay
+    # operator, the dashboard.
+    outside = []
+    for p in policies:
+        for rule in p["spec"].get("ingress") or []:
+            if rule.get("from") == [release] and "ports" not in rule:
+                continue
+            outside.append(({port["port"] for port in rule["ports"]}, rule.get("from")))
+    operator = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+    assert sorted(outside, key=str) == sorted([({8000, 9000}, None), ({8265}, operator)], key=str)
     # Spark executors (pods Spark creates) carry the release label, so the policies admit them.
     settings = yaml.safe_load(docs.settings_yaml())
     assert settings["spark"]["conf"]["spark.kubernetes.executor.label.app.kubernetes.io/instance"] == "pm"
@@ -407,3 +418,49 @@ def test_notes_name_the_api_service_and_warn_about_an_open_api(tools):
 def test_every_pod_runs_with_the_runtime_default_seccomp_profile(render):
     for owner, spec in _pod_specs(render()):
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, owner
+
+
+def test_every_container_has_a_read_only_root_and_a_writable_tmp(render):
+    for value_files in ((), (PRODUCTION,)):
+        for owner, spec in _pod_specs(render(*value_files)):
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                assert c["securityContext"]["readOnlyRootFilesystem"] is True, (owner, c["name"])
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False, (owner, c["name"])
+                mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+                assert "emptyDir" in volumes[mounts["/tmp"]], (owner, c["name"])
+
+
+def test_each_component_has_its_own_service_account_and_only_two_mount_a_token(render):
+    for sets, spark_token in (((), True), (("spark.mode=standalone",), False)):
+        docs = render(sets=sets)
+        accounts = {a["metadata"]["name"]: a for a in docs.of_kind("ServiceAccount")}
+        assert set(accounts) == {f"pm-precision-marketing-{c}" for c in ("storage", "spark", "ray-head", "ray-worker")}
+        used = {}
+        for owner, spec in _pod_specs(docs):
+            used.setdefault(spec["serviceAccountName"], set()).add(owner.split()[-1] if " " in owner else owner)
+            token = spec["automountServiceAccountToken"]
+            expected = {"pm-precision-marketing-ray-head": True,
+                        "pm-precision-marketing-spark": spark_token}.get(spec["serviceAccountName"], False)
+            assert token is expected, owner
+        assert set(used) <= set(accounts)
+        storage = {o for o in used.get("pm-precision-marketing-storage", ())}
+        assert any("namenode" in o for o in storage) and any("hbase-thrift" in o for o in storage)
+        # The Spark driver's Role is bound to the Spark account only, and only with executor pods.
+        bindings = docs.of_kind("RoleBinding")
+        if spark_token:
+            (binding,) = bindings
+            assert [s["name"] for s in binding["subjects"]] == ["pm-precision-marketing-spark"]
+        else:
+            assert bindings == []
+
+
+def test_ray_runs_with_token_authentication(render):
+    docs = render(sets=("ray.tune.enabled=true",))
+    for doc in docs.of_kind("RayService") + docs.of_kind("RayJob"):
+        cluster = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        assert cluster["authOptions"] == {"mode": "token"}, doc["metadata"]["name"]
+    for owner, spec in _pod_specs(docs):
+        for c in spec["containers"]:
+            # KubeRay sets RAY_AUTH_MODE and the token; nothing of the chart may turn it off.
+            assert "RAY_AUTH_MODE" not in {e["name"] for e in c.get("env", [])}, owner

@@ -55,14 +55,20 @@ def _pmkt(settings, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_forget_on_the_cluster(cluster_settings, pipeline):
+    """Forget: profile and counters gone, events refused, every answer a stranger's; the next build
+    leaves the user out; `pmkt privacy purge` removes their rows from every personal table on HDFS."""
+    from cluster.core.catalog import TOMBSTONES, personal_tables
     from cluster.core.errors import NotFound
     from cluster.core.storage import open_lake, open_profile_store
     from ray_apps.client import MarketingClient
     from spark_jobs import rfm
     from spark_jobs.session import stop_spark
+    from tests.forget_check import STRANGER, answers, differences, sample_ad
+    from tests.pii_scan import PiiScanner
 
     lake = open_lake(cluster_settings)
     uid = lake.read_parquet(pipeline["rfm"]["path"]).sort_values("user_id")["user_id"].iloc[-1]
+    ad = sample_ad(lake)
     event = {"event_id": f"forget-{uid}", "user_id": uid, "ts": "2026-06-30 10:00:00", "action": "view"}
     with MarketingClient.from_settings(cluster_settings, timeout_s=15) as client:
         assert client.track_events([event]).accepted == 1
@@ -77,8 +83,18 @@ def test_forget_on_the_cluster(cluster_settings, pipeline):
         time.sleep(cluster_settings.events.tombstone_ttl_s + 2)
         res = client.track_events([{**event, "event_id": f"forget2-{uid}"}])
         assert (res.accepted, [r.reason for r in res.rejected]) == (0, ["forgotten_user"])
+        after, stranger = answers(client, uid, ad), answers(client, STRANGER, ad)
+        assert after == stranger, differences(after, stranger)
     stop_spark()
     meta = rfm.main(cluster_settings)
     stop_spark()
     assert uid not in set(lake.read_parquet(meta["path"])["user_id"])
     assert open_profile_store(cluster_settings).read(uid) is None
+
+    scanner = PiiScanner([uid])
+    personal = [t for t in personal_tables() if t is not TOMBSTONES]
+    assert [h for t in personal for h in scanner.scan_lake(lake, t.rel())], "their rows are in the lake before purge"
+    proc = _pmkt(cluster_settings, "privacy", "purge")
+    assert proc.returncode == 0 and "rows removed" in proc.stdout, proc.stdout + proc.stderr
+    print(proc.stdout)
+    assert [h for t in personal for h in scanner.scan_lake(lake, t.rel())] == []

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,8 +25,17 @@ from cluster.provision import _jmx
 pytestmark = pytest.mark.cluster
 
 
+#: Files checked at once (each check is one or two WebHDFS round trips).
+PARALLEL = 8
+
+
 def _lake_files(lake: HdfsLake) -> list[str]:
     return [f"{root}/{name}" for root, _dirs, files in lake.client.walk(str(lake.root)) for name in files]
+
+
+def _each(fn, items):
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        return list(pool.map(fn, items))
 
 
 def _block_hosts(lake: HdfsLake, path: str) -> list[set[str]]:
@@ -47,11 +57,12 @@ def lake(cluster_settings, run_tag) -> HdfsLake:
 def test_every_lake_file_has_two_replicas_on_distinct_datanodes(lake):
     files = _lake_files(lake)
     assert len(files) >= 2
-    for path in files:
-        status = lake.client.status(path)
-        assert status["replication"] == 2, path
-        for hosts in _block_hosts(lake, path):
-            assert len(hosts) == 2, f"{path}: block on {hosts}"
+
+    def problems(path: str) -> list[str]:
+        out = [] if lake.client.status(path)["replication"] == 2 else [f"{path}: replication factor"]
+        return out + [f"{path}: block on {hosts}" for hosts in _block_hosts(lake, path) if len(hosts) != 2]
+
+    assert [p for found in _each(problems, files) for p in found] == []
 
 
 def _live_datanodes(lake: HdfsLake) -> int:
@@ -61,7 +72,8 @@ def _live_datanodes(lake: HdfsLake) -> int:
 
 def _read_all(lake: HdfsLake, files: list[str]) -> dict[str, str]:
     prefix = str(lake.root).rstrip("/") + "/"
-    return {path: hashlib.sha256(lake.read_bytes(path[len(prefix):])).hexdigest() for path in files}
+    digests = _each(lambda path: hashlib.sha256(lake.read_bytes(path[len(prefix):])).hexdigest(), files)
+    return dict(zip(files, digests))
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:

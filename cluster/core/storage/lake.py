@@ -61,6 +61,11 @@ class Lake(ABC):
         """Names directly under a folder, sorted; ``[]`` if the folder does not exist."""
 
     @abstractmethod
+    def files(self, *parts: str | Zone) -> list[str]:
+        """Every file below a folder, as sorted paths relative to it (``dt=2026-01-01/part-0.parquet``);
+        ``[]`` if the folder does not exist."""
+
+    @abstractmethod
     def read_bytes(self, *parts: str | Zone) -> bytes:
         """Raises NotFound if the file does not exist."""
 
@@ -119,6 +124,12 @@ class LocalLake(Lake):
     def list_dir(self, *parts: str | Zone) -> list[str]:
         path = self._path(*parts)
         return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+    def files(self, *parts: str | Zone) -> list[str]:
+        top = self._path(*parts)
+        if not top.is_dir():
+            return []
+        return sorted(str(p.relative_to(top).as_posix()) for p in top.rglob("*") if p.is_file())
 
     def read_bytes(self, *parts: str | Zone) -> bytes:
         path = self._path(*parts)
@@ -213,6 +224,17 @@ class HdfsLake(Lake):
             return []
         return sorted(self._call(path, self.client.list, path))
 
+    def files(self, *parts: str | Zone) -> list[str]:
+        top = self._path(*parts)
+        status = self._call(top, self.client.status, top, strict=False)
+        if status is None or status["type"] != "DIRECTORY":
+            return []
+        out = []
+        for root, _dirs, names in self._call(top, self.client.walk, top):
+            below = str(PurePosixPath(root).relative_to(top))
+            out += [name if below == "." else f"{below}/{name}" for name in names]
+        return sorted(out)
+
     def read_bytes(self, *parts: str | Zone) -> bytes:
         """The file's bytes, read around DataNodes that are down.
 
@@ -265,9 +287,13 @@ class HdfsLake(Lake):
         path = PurePosixPath(self._path(*parts))
         tmp = str(path.parent / f".{path.name}.{os.getpid()}.tmp")
         self._call(str(path), self.client.write, tmp, data=data, overwrite=True, replication=self.replication)
-        # HDFS rename does not replace: drop the old file first (readers briefly see none).
-        self._call(str(path), self.client.delete, str(path))
-        self._call(str(path), self.client.rename, tmp, str(path))
+        # RENAME with OVERWRITE (rename2 in the NameNode) replaces the old file in one step.
+        self._call(str(path), self.client._rename, tmp, destination=str(path), renameoptions="OVERWRITE")
+        if self._call(tmp, self.client.status, tmp, strict=False) is not None:
+            # A NameNode that ignored the option kept both: replace the old way (briefly no file).
+            log.warning("HDFS kept %s after RENAME with OVERWRITE; replacing by delete + rename", path)
+            self._call(str(path), self.client.delete, str(path))
+            self._call(str(path), self.client.rename, tmp, str(path))
 
     def delete(self, *parts: str | Zone) -> None:
         self._call(_rel(*parts), self.client.delete, self._path(*parts), recursive=True)

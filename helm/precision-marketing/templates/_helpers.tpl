@@ -38,12 +38,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The ServiceAccount of one component (storage, spark, ray-head, ray-worker): its own, so
+each gets only its rights; with serviceAccount.create=false, serviceAccount.name (or "default")
+for all. Call with (dict "root" $ "component" "storage"). */}}
 {{- define "pm.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "pm.fullname" .) .Values.serviceAccount.name -}}
+{{- if .root.Values.serviceAccount.create -}}
+{{- include "pm.component" (dict "root" .root "component" (printf "%s%s" (default "" .root.Values.serviceAccount.name) .component)) -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- default "default" .root.Values.serviceAccount.name -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The ServiceAccounts the chart makes, with whether their pods mount the API token: only the
+Ray head (KubeRay binds its autoscaler Role to it) and, in spark.mode=kubernetes, the Spark driver
+(it creates its executor pods) talk to the Kubernetes API. */}}
+{{- define "pm.serviceAccounts" -}}
+storage: false
+spark: {{ eq .Values.spark.mode "kubernetes" }}
+ray-head: true
+ray-worker: false
+{{- end -}}
+
+{{/* Pod-level ServiceAccount lines of a component. */}}
+{{- define "pm.podAccount" -}}
+serviceAccountName: {{ include "pm.serviceAccountName" . }}
+automountServiceAccountToken: {{ get (include "pm.serviceAccounts" .root | fromYaml) .component }}
 {{- end -}}
 
 {{/* In-cluster DNS names of the services the platform's clients use. */}}
@@ -71,8 +90,9 @@ the Spark build gets the PII keys (ingest encrypts ID numbers) and nothing else.
 {{- $root := .root -}}
 - name: PMKT_SETTINGS
   value: /etc/pmkt/settings.yaml
-- name: RAY_AUTH_MODE
-  value: disabled
+# The root file system is read-only: caches and dot-files go to the /tmp emptyDir.
+- name: HOME
+  value: /tmp
 {{- if has "api" .keys }}
 - name: PMKT_API_KEYS
   valueFrom:
@@ -110,7 +130,7 @@ metadata:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 spec:
-  serviceAccountName: {{ include "pm.serviceAccountName" $root }}
+  {{- include "pm.podAccount" (dict "root" $root "component" (ternary "ray-head" "ray-worker" .head)) | nindent 2 }}
   securityContext:
     {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
   {{- with $root.Values.imagePullSecrets }}

@@ -25,6 +25,7 @@ from cluster.core.catalog import (
     INTERACTIONS,
     LANDING,
     PROFILE_REPORTS,
+    PURGE_REPORTS,
     QUARANTINE,
     RAW,
     REGISTRY,
@@ -45,7 +46,7 @@ USER_ROWS = (*RAW.values(), RT_EVENTS, QUARANTINE, LANDING, CLEAN, RFM, CLV, TAG
              CTR_TRAIN, CTR_USERS, CHURN, FUNNELS, ATTRIBUTES, ATTRIBUTE_REPORTS, TOMBSTONES)
 #: Tables of aggregates (campaigns, categories, counts) or of models, with no row per user.
 AGGREGATES = (CAMPAIGNS, CAMPAIGN_DAILY, DEMAND, INGEST_REPORTS, CLEAN_REPORTS, PROFILE_REPORTS, REVEAL_AUDIT,
-              REGISTRY)
+              PURGE_REPORTS, REGISTRY)
 
 
 @pytest.mark.parametrize("table", USER_ROWS, ids=lambda t: t.name)
