@@ -27,6 +27,7 @@ import httpx
 from google.protobuf.json_format import ParseDict
 
 from cluster.core.errors import (
+    INTERNAL_MESSAGE,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -211,6 +212,11 @@ class MarketingClient:
                 return getattr(self._stub(method), method)(request, timeout=self.timeout_s, metadata=self._auth)
             except grpc.RpcError as err:
                 code = err.code()
+                if code == grpc.StatusCode.INTERNAL and err.details() != INTERNAL_MESSAGE:
+                    # Not the API's answer: Serve's proxy lost the replica in the middle of the call
+                    # ("The actor died unexpectedly"). Retried like a 5xx from the HTTP proxy, where
+                    # a repeat is harmless (every call but ReportOutcome).
+                    raise Unavailable(f"{method}: {code.name} from the proxy: {err.details()}") from None
                 raise _FROM_GRPC.get(code, PlatformError)(f"{method}: {code.name}: {err.details()}") from None
 
         return self._retrying(call, 0 if method in self._NOT_RETRIED else None)

@@ -24,7 +24,13 @@ __all__ = [
     "DataContractError",
     "describe",
     "unwrap",
+    "INTERNAL_MESSAGE",
 ]
+
+#: What the API answers for an unexpected failure (INTERNAL / 500), the details being in its log.
+#: A client tells the API's own INTERNAL from one Serve's proxy makes up (a replica that died
+#: in the middle of the call) by this message.
+INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
 class PlatformError(Exception):

@@ -205,6 +205,8 @@ class ApiReplica:
         refused (``refused``: the verification error, None when it serves the current one)."""
         holders = {"segments": self._segments, "ctr": self._ctr, "recs": self._recs, "churn": self._churn,
                    "demand": self._pricing}
+        for holder in holders.values():
+            holder.refresh()  # at most every serve.model_refresh_s: the answer is as fresh as serving
         return {name: {"serving": h.version.ref if h.version else None, "refused": h.refused}
                 for name, h in holders.items()}
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cluster.core.errors import PlatformError, ResourceExhausted
+from cluster.core.errors import INTERNAL_MESSAGE, PlatformError, ResourceExhausted
 from ray_apps.serve.auth import bearer
 from ray_apps.serve.metrics import record_request
 from ray_apps.serve.services import OPEN_RPCS, RPC_SCOPES
@@ -77,7 +77,7 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
                 log.exception("%s failed", name)
                 if grpc_context is not None:
                     grpc_context.set_code(grpc.StatusCode.INTERNAL)
-                    grpc_context.set_details("internal error; the server log has the details")
+                    grpc_context.set_details(INTERNAL_MESSAGE)
                 return response_type()
             finally:
                 record_request(name, "grpc", code, time.perf_counter() - started)
@@ -131,5 +131,5 @@ def install_http_error_handlers(app: FastAPI) -> None:
         log.error("unhandled error in HTTP handler", exc_info=err)
         return JSONResponse(
             status_code=500,
-            content={"error": {"code": "internal", "message": "internal error; the server log has the details"}},
+            content={"error": {"code": "internal", "message": INTERNAL_MESSAGE}},
         )

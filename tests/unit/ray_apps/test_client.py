@@ -1,12 +1,13 @@
-"""MarketingClient's HTTP error handling: the proxy's bare 5xx is retried, the API's own
-errors are not, and ReportOutcome is never repeated."""
+"""MarketingClient's error handling: the proxy's bare 5xx (HTTP) or INTERNAL (gRPC) is retried,
+the API's own errors are not, and ReportOutcome is never repeated."""
 
 from __future__ import annotations
 
+import grpc
 import httpx
 import pytest
 
-from cluster.core.errors import InvalidArgument, PlatformError, Unavailable
+from cluster.core.errors import INTERNAL_MESSAGE, InvalidArgument, PlatformError, Unavailable
 from ray_apps.client import MarketingClient
 
 SEGMENT = {"user_id": "u1", "segment_id": 2, "segment_name": "loyal", "model_version": "segments/v1"}
@@ -67,3 +68,52 @@ def test_wait_for_model_returns_once_the_app_answers_with_the_model(settings, mo
     assert asked == ["u1", "u1"]
     with pytest.raises(Unavailable, match="segments/v0003"):
         wait_for_model(settings, "u1", "segments/v0003", timeout_s=0)
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _grpc_client(outcomes: list) -> tuple[MarketingClient, list[str]]:
+    """A client whose stubs answer ``outcomes`` in turn (an exception is raised)."""
+    seen: list[str] = []
+
+    class Stub:
+        def __getattr__(self, method):
+            def call(request, timeout=None, metadata=None):
+                seen.append(method)
+                outcome = outcomes[min(len(seen), len(outcomes)) - 1]
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return outcome
+            return call
+
+    client = MarketingClient("127.0.0.1:1", "http://api.test", retries=2)
+    client._stub = lambda method: Stub()
+    return client, seen
+
+
+DIED = _RpcError(grpc.StatusCode.INTERNAL, "The actor died unexpectedly before finishing this task.")
+
+
+def test_an_internal_from_the_grpc_proxy_is_retried_the_apis_own_is_not():
+    from protos.marketing.v1 import segment_pb2
+
+    ok = segment_pb2.GetSegmentResponse(user_id="u1", segment_name="loyal")
+    client, seen = _grpc_client([DIED, ok])
+    assert client.get_segment("u1").segment_name == "loyal" and len(seen) == 2
+    client, seen = _grpc_client([_RpcError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE), ok])
+    with pytest.raises(PlatformError) as err:
+        client.get_segment("u1")
+    assert not isinstance(err.value, Unavailable) and len(seen) == 1
+    client, seen = _grpc_client([DIED, ok])
+    with pytest.raises(Unavailable):
+        client.report_outcome("sms", True, user_id="u1")
+    assert len(seen) == 1
