@@ -94,8 +94,6 @@ def privacy_purge(c: CliContext) -> None:
     from rich.table import Table as RichTable
 
     from cluster.core.purge import purge
-    from cluster.core.storage import open_lake
-    from cluster.core.tombstones import Tombstones
     from ray_apps.registry import open_registry
 
     with progress_bar("purge") as progress:
@@ -116,9 +114,8 @@ def privacy_purge(c: CliContext) -> None:
     if empty:
         console.print(f"{empty} personal tables have no files yet", highlight=False)
     console.print(f"{report['rows_removed']:,} rows removed from {report['files_rewritten']:,} files", highlight=False)
-    lake = open_lake(c.settings)
-    newest = max(r.get("forgotten_at", "") for r in Tombstones(lake).records())
-    registry = open_registry(c.settings, lake)
+    newest = report["newest_tombstone_at"]
+    registry = open_registry(c.settings)
     stale = []
     for name in registry.models():
         try:

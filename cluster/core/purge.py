@@ -211,14 +211,15 @@ def purge(settings: Settings, *, step: Callable[[str, float], None] | None = Non
 
     Returns:
         The report: ``forgotten_users`` (a count), ``tables`` (:class:`TableCounts` per table name),
-        ``rows_removed`` and ``files_rewritten`` in total, ``run_id``, ``finished_at``. It is also
-        written to the lake.
+        ``rows_removed`` and ``files_rewritten`` in total, ``newest_tombstone_at``, ``run_id``,
+        ``finished_at``. It is also written to the lake.
     """
     step = step or (lambda _what, _fraction: None)
     lake = open_lake(settings)
     run_id = new_run_id()
     step("reading the tombstones", 0.0)
-    forgotten = Tombstones(lake).all()
+    tombstones = Tombstones(lake).records()
+    forgotten = {t["user_id"] for t in tombstones}
     chosen = [t for t in (tables if tables is not None else personal_tables()) if t is not TOMBSTONES]
     counts: dict[str, TableCounts] = {}
     if forgotten:
@@ -238,6 +239,8 @@ def purge(settings: Settings, *, step: Callable[[str, float], None] | None = Non
     report = {
         "run_id": run_id,
         "forgotten_users": len(forgotten),
+        # Models trained before this keep what they learnt from a forgotten user (the CLI lists them).
+        "newest_tombstone_at": max((t.get("forgotten_at", "") for t in tombstones), default=None),
         "tables": {name: asdict(c) for name, c in counts.items()},
         "rows_removed": sum(c.rows_removed for c in counts.values()),
         "files_rewritten": sum(c.files_rewritten for c in counts.values()),
