@@ -13,7 +13,7 @@ import click
 
 from cluster.core.settings import Settings, load_settings
 
-__all__ = ["CliContext", "pass_ctx", "run_state", "shutting_down_ray"]
+__all__ = ["CliContext", "pass_ctx", "run_state", "shutting_down_ray", "sigterm_as_interrupt"]
 
 #: The command being run (its path, e.g. ``pmkt tune ctr``) and ``-v``'s count, for main()'s error line.
 run_state: dict = {"path": "pmkt", "verbose": 0}
@@ -53,3 +53,24 @@ def shutting_down_ray() -> Iterator[None]:
         yield
     finally:
         shutdown_ray()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (what systemd and Kubernetes send) stops the command as Ctrl-C
+    does: KeyboardInterrupt in the main thread. Later SIGTERMs and Ctrl-Cs are ignored while the
+    command shuts down, so a second signal cannot cut its cleanup short (SIGKILL still can)."""
+    import signal
+
+    def stop(_signum, _frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])

@@ -104,7 +104,8 @@ def print_services(user_id: str, answers: dict) -> None:
 
 
 def serve_until_interrupted(serve_settings, title: str = "serving") -> None:
-    """Print where the API listens, then block until Ctrl-C (the caller shuts down)."""
+    """Print where the API listens, then block until Ctrl-C (or SIGTERM within
+    :func:`cluster.cli.context.sigterm_as_interrupt`); the caller shuts down."""
     sv = serve_settings
     grpc_at = (f"gRPC+TLS {sv.grpc_client_host}:{sv.tls.grpc_port} (plaintext {sv.grpc_port})"
                if sv.tls.grpc_port else f"gRPC {sv.grpc_client_host}:{sv.grpc_port}")

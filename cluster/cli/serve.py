@@ -7,7 +7,7 @@ import json
 
 import click
 
-from cluster.cli.context import CliContext, pass_ctx, shutting_down_ray
+from cluster.cli.context import CliContext, pass_ctx, shutting_down_ray, sigterm_as_interrupt
 from cluster.cli.progress import console
 from cluster.cli.render import serve_until_interrupted
 from cluster.core.errors import InvalidArgument
@@ -21,8 +21,10 @@ def serve_group(ctx: click.Context) -> None:
     """Serve the API (gRPC and HTTP) on Ray Serve.
 
     \b
-    Without a subcommand: start serving and stay in the foreground until Ctrl-C (the
-    embedded default's private Ray stops with it).
+    Without a subcommand: start serving and stay in the foreground until Ctrl-C or SIGTERM.
+    Then it drains (new calls refused UNAVAILABLE / 503, accepted ones finish within
+    serve.drain_s, buffered events reach the lake) and the embedded default's private Ray
+    stops with it, leaving no process behind.
     On a Ray cluster, `pmkt serve deploy` deploys the application and returns; it keeps
     serving, and picks up newly trained models from the registry by itself.
     """
@@ -36,10 +38,27 @@ def serve_group(ctx: click.Context) -> None:
         try:
             start_serving(c.settings)
             front = _maybe_tls_front(c.settings.serve)
-            serve_until_interrupted(c.settings.serve)
+            # After Ray started: ray.init installs its own SIGTERM handler (a stack dump, then abort).
+            with sigterm_as_interrupt():
+                serve_until_interrupted(c.settings.serve)
+                _drain(c.settings)
         finally:
             if front is not None:
                 front.stop(grace=2)
+
+
+def _drain(settings) -> None:
+    """Drain the private Ray's application before it stops (a cluster's keeps serving)."""
+    from ray_apps.serve.launcher import drain_serving
+
+    if settings.ray.address != "local":
+        return
+    console.print(f"draining: new calls are refused UNAVAILABLE, accepted ones get up to "
+                  f"{settings.serve.drain_s:g} s", highlight=False)
+    report = drain_serving(settings)
+    console.print(f"drained {report.drained}/{report.replicas} replica(s) in {report.seconds:g} s: "
+                  f"{report.events_flushed} buffered event(s) appended to the lake, {report.calls_cut} call(s) cut",
+                  highlight=False)
 
 
 def _maybe_tls_front(sv, upstream: str | None = None):

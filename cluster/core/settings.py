@@ -251,6 +251,10 @@ class ServeSettings(_Model):
     #    thousand calls a second it costs CPU and disk, and the metrics count every call
     access_log: bool = False
     request_timeout_s: float = Field(10.0, gt=0)
+    # -- seconds `pmkt serve` waits, on SIGTERM or Ctrl-C, for the calls each replica already
+    #    accepted (new ones are refused UNAVAILABLE / 503 meanwhile) before the buffered events
+    #    are flushed and Serve stops; a call still running then is cut
+    drain_s: float = Field(10.0, gt=0, le=300)
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     # -- longest user id accepted by the API: the data contract's limit (cluster.core.contract), so every
     #    user the lake holds can be asked about; lower it only knowing ingest accepts up to 128

@@ -56,6 +56,8 @@ from ray_apps.recs.service import Recommender
 from ray_apps.registry import open_registry
 from ray_apps.segments.service import CurrentSegmentModel, user_segments_of
 from ray_apps.serve.auth import ApiKeys, warn_if_open
+from ray_apps.serve.drain import DrainGate
+from ray_apps.serve.drain import watch as watch_drain
 from ray_apps.serve.errors import grpc_method
 from ray_apps.serve.http_app import build_http_app
 from ray_apps.serve.http_models import ChannelTargetIn, EventsIn, OfferIn, OptimizeBudgetIn, OutcomeIn, ScoreBatchIn
@@ -150,6 +152,9 @@ class ApiReplica:
             max_batch=ev.max_batch, flush_rows=ev.flush_rows, flush_s=ev.flush_s, max_future_s=ev.max_future_s,
             dedup_window=ev.dedup_window, forgotten=tombstones.contains,
         )
+        # Every call passes the gate: once a drain starts (ray_apps.serve.drain), new calls are
+        # refused UNAVAILABLE and the admitted ones are waited for before the final flush.
+        self._gate = DrainGate()
         # Buffered events reach the lake within flush_s even when no request comes.
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, args=(min(1.0, ev.flush_s),), daemon=True)
@@ -167,13 +172,14 @@ class ApiReplica:
             except Exception:  # noqa: BLE001 - keep flushing; the events stay buffered
                 log.exception("appending real-time events to the lake failed; will retry")
 
-    def close(self) -> None:
-        """Stop the flusher and append the buffered events to the lake."""
+    def close(self) -> int:
+        """Stop the flusher and append the buffered events to the lake; returns how many."""
         self._stop.set()
         try:
-            self._intake.flush()
+            return self._intake.flush()
         except Exception:  # noqa: BLE001 - shutting down
             log.exception("final flush of real-time events failed")
+            return 0
 
     def __del__(self) -> None:
         self.close()
@@ -394,8 +400,14 @@ class ApiReplica:
 class MarketingApi(ApiReplica):
     """The Serve deployment: an :class:`ApiReplica` whose HTTP app each replica builds around itself."""
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        replica = serve.get_replica_context().replica_id.unique_id
+        threading.Thread(target=watch_drain, args=(self._gate, self.close, replica, settings.serve.drain_s, self._stop),
+                         name="pmkt-drain-watch", daemon=True).start()
+
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self, self._auth, max_body_bytes=self._max_body_bytes)
+        return build_http_app(self, self._auth, max_body_bytes=self._max_body_bytes, gate=self._gate)
 
 
 def build_api_app(settings: Settings) -> Application:

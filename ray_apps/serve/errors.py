@@ -56,7 +56,12 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
         async def method(self: Any, request: Any, grpc_context: Any = None) -> T:
             started = time.perf_counter()
             code = "OK"
+            gate = getattr(self, "_gate", None)
+            admitted = False
             try:
+                if gate is not None:  # refused UNAVAILABLE once the replica drains (ray_apps.serve.drain)
+                    gate.admit()
+                    admitted = True
                 auth = getattr(self, "_auth", None)
                 if auth is not None and auth.enabled and not is_open:
                     auth.authorize(bearer(grpc_context.invocation_metadata() if grpc_context is not None else None),
@@ -80,6 +85,8 @@ def grpc_method(response_type: Callable[[], T]) -> Callable[[Callable[..., Await
                     grpc_context.set_details(INTERNAL_MESSAGE)
                 return response_type()
             finally:
+                if admitted:
+                    gate.done()
                 record_request(name, "grpc", code, time.perf_counter() - started)
 
         # Serve passes ``grpc_context`` only to methods whose signature names it;

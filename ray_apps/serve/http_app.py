@@ -20,6 +20,7 @@ from cluster.core.settings import ServeSettings
 from ray_apps.evaluation.service import parse_request
 from ray_apps.serve.auth import ApiKeys
 from ray_apps.serve.errors import install_http_error_handlers
+from ray_apps.serve.drain import DrainGate
 from ray_apps.serve.http_guard import ApiGuard
 from ray_apps.serve.http_models import ErrorBody, ModelHealthOut, proto_body, proto_json, response_model
 from ray_apps.serve.services import SERVICES, USER_PATH, HttpRoute, ServiceSpec
@@ -57,7 +58,8 @@ class _Anything(Convertor[str]):
 register_url_convertor("anything", _Anything())
 
 
-def build_http_app(replica: Any, keys: ApiKeys, *, max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+def build_http_app(replica: Any, keys: ApiKeys, *, max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES,
+                   gate: DrainGate | None = None) -> FastAPI:
     """The API's FastAPI app: every route of :data:`SERVICES`, answered by ``replica``'s handlers,
     behind :class:`~ray_apps.serve.http_guard.ApiGuard` (key, scope and body size before the body).
 
@@ -67,6 +69,7 @@ def build_http_app(replica: Any, keys: ApiKeys, *, max_body_bytes: int = _DEFAUL
         keys: The clients' API keys; every route needs one of them when there are any, with the
             scope its RPC declares.
         max_body_bytes: The largest request body (``serve.max_body_bytes``).
+        gate: The replica's drain gate: once it closes, every call is answered 503.
     """
     app = FastAPI(title="Precision-marketing platform API", version="v1", description=DESCRIPTION)
     scopes: list[tuple[BaseRoute, str]] = []  # routes define __eq__, so they are not dict keys
@@ -92,7 +95,8 @@ def build_http_app(replica: Any, keys: ApiKeys, *, max_body_bytes: int = _DEFAUL
     # Added before the error handlers' counting middleware, so that one (outside) counts refusals too.
     open_paths = frozenset(p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
                            if p)
-    app.add_middleware(ApiGuard, keys=keys, routes=tuple(scopes), open_paths=open_paths, max_body_bytes=max_body_bytes)
+    app.add_middleware(ApiGuard, keys=keys, routes=tuple(scopes), open_paths=open_paths, max_body_bytes=max_body_bytes,
+                       gate=gate)
     install_http_error_handlers(app)
     return app
 

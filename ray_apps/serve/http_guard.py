@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Match
 
 from cluster.core.errors import PlatformError, ResourceExhausted
 from ray_apps.serve.auth import ApiKeys, bearer
+from ray_apps.serve.drain import DrainGate
 from ray_apps.serve.errors import error_body
 
 __all__ = ["ApiGuard"]
@@ -48,11 +49,15 @@ class ApiGuard:
             but no scope: the guards of empty ids, unknown paths).
         open_paths: Paths answered without a key (the OpenAPI document and pages).
         max_body_bytes: The largest body accepted.
+        gate: The replica's drain gate (:class:`~ray_apps.serve.drain.DrainGate`): once it is
+            closed every request is answered 503 before anything else; admitted requests are
+            counted until their answer is sent.
     """
 
     def __init__(self, app: ASGIApp, *, keys: ApiKeys, routes: Sequence[tuple[BaseRoute, str]], open_paths: frozenset[str],
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, gate: DrainGate | None = None) -> None:
         self.app = app
+        self.gate = gate
         self.keys = keys
         self.routes = routes
         self.open_paths = open_paths
@@ -63,15 +68,25 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         try:
-            self._admit(scope)
+            if self.gate is not None:  # 503 once the replica drains (ray_apps.serve.drain)
+                self.gate.admit()
         except PlatformError as err:
-            await _answer(send, err, close=_may_have_body(scope))
+            await _answer(send, err, close=True)
             return
-        if _content_length(scope) is not None:
-            # a declared length within the cap: the server delivers no more than it declared
-            await self.app(scope, receive, send)
-            return
-        await self._counted(scope, receive, send)
+        try:
+            try:
+                self._admit(scope)
+            except PlatformError as err:
+                await _answer(send, err, close=_may_have_body(scope))
+                return
+            if _content_length(scope) is not None:
+                # a declared length within the cap: the server delivers no more than it declared
+                await self.app(scope, receive, send)
+                return
+            await self._counted(scope, receive, send)
+        finally:
+            if self.gate is not None:
+                self.gate.done()
 
     def _admit(self, scope: Scope) -> None:
         """Raise the refusal the headers alone justify (401, 403, 413), else return."""

@@ -13,10 +13,11 @@ from typing import Any
 
 from cluster.core.errors import FailedPrecondition
 from cluster.core.settings import ServeSettings, Settings
+from ray_apps.serve.drain import DrainReport
 
 __all__ = [
-    "APP_NAME", "GRPC_SIZE_ENV", "app_status", "check_ports_free", "delete", "deploy", "explain_bind_failure",
-    "grpc_size_env", "grpc_target", "metrics_endpoints", "start_serving",
+    "APP_NAME", "GRPC_SIZE_ENV", "app_status", "check_ports_free", "delete", "deploy", "drain_serving",
+    "explain_bind_failure", "grpc_size_env", "grpc_target", "metrics_endpoints", "start_serving",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ def start_serving(settings: Settings) -> None:
         if explained is None:
             raise
         raise explained from None
+    from ray_apps.serve import drain
+
+    drain.clear()  # a drain of an earlier application on this Ray must not close the new one's gates
     serve.run(build_api_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     _wait_for_proxies(settings)
     try:
@@ -249,6 +253,30 @@ def deploy(settings: Settings, *, redeploy: bool = False) -> bool:
         return False
     start_serving(settings)
     return True
+
+
+def drain_serving(settings: Settings) -> DrainReport:
+    """Drain the application before this process stops it (``pmkt serve`` on SIGTERM or Ctrl-C):
+    every replica refuses new calls UNAVAILABLE / 503, finishes the ones it accepted (at most
+    ``serve.drain_s``) and appends its buffered events to the lake (ray_apps.serve.drain).
+
+    Returns:
+        What the replicas reported; ``complete`` is False if a call was cut at the deadline or
+        a replica did not report (it then flushes when Serve stops it).
+    """
+    from ray import serve
+
+    from ray_apps.serve import drain
+
+    app = serve.status().applications.get(APP_NAME)
+    replicas = 0
+    if app is not None:
+        for dep in app.deployments.values():
+            replicas += sum(n for state, n in dep.replica_states.items()
+                            if str(getattr(state, "value", state)) in ("RUNNING", "STARTING"))
+    drain.start_drain()
+    # each replica waits serve.drain_s for its calls, then flushes to the lake: allow for the flush
+    return drain.wait_drained(replicas, settings.serve.drain_s + 10.0)
 
 
 def delete(settings: Settings) -> bool:

@@ -105,7 +105,7 @@ def varied_chain(tmp_path_factory):
                                env=env, capture_output=True, text=True, timeout=600)
     demo = subprocess.run([*pmkt, "demo", "--input", str(data), "--smoke-test"], env=env, capture_output=True,
                           text=True, timeout=1800)
-    return {"settings": settings, "data": data, "generate": generated, "demo": demo,
+    return {"settings": settings, "env": env, "data": data, "generate": generated, "demo": demo,
             "seconds": time.monotonic() - started,
             "manifest": json.loads((data / "_truth" / "manifest.json").read_text(encoding="utf-8"))
             if (data / "_truth" / "manifest.json").exists() else {}}

@@ -27,6 +27,11 @@ NS = "pm-attacker"
 VETH = "pmv-attacker"
 ADDRESS = "10.77.0.66"
 BRIDGE = "pmbr0"
+#: Ports that authenticate nobody (ZooKeeper, HDFS, HBase and its Thrift server, the Spark UIs),
+#: where a daemon listens on the local inventory: the firewall role lets only the nodes and the
+#: client host reach them (docs/security.md#firewall).
+STORAGE_PORTS = [("pm-master", p) for p in (2181, 8020, 9870, 16000, 16010, 9090, 9095, 8080)] + [
+    ("pm-worker1", p) for p in (9864, 9866, 9867, 16020, 16030, 8081)]
 
 
 def _ip(*args: str) -> None:
@@ -70,6 +75,16 @@ def attacker(cluster_settings, tmp_path_factory):
         shutil.rmtree(etc, ignore_errors=True)
 
 
+def _reachable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def _hostport(url: str) -> tuple[str, int]:
     host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
     return host, int(port)
@@ -96,9 +111,9 @@ def test_an_attacker_without_credentials_is_refused_by_every_service(cluster_set
 
         out = {{}}
 
-        def reachable(host, port):
+        def reachable(host, port, timeout=5):
             try:
-                socket.create_connection((host, port), timeout=5).close()
+                socket.create_connection((host, port), timeout=timeout).close()
                 return True
             except OSError:
                 return False
@@ -122,6 +137,7 @@ def test_an_attacker_without_credentials_is_refused_by_every_service(cluster_set
             "dashboard": ({gcs_host!r}, 8265), "spark": ({spark_host!r}, {spark_port}),
             "grpc_api": ({sv.grpc_client_host!r}, {sv.grpc_port}),
             "http_api": ({sv.http_client_host!r}, {sv.http_port})}}.items()}}
+        out["storage"] = {{f"{{h}}:{{p}}": reachable(h, p, timeout=2) for h, p in {STORAGE_PORTS!r}}}
         rpc("gcs", lambda: gg.NodeInfoGcsServiceStub(grpc.insecure_channel("{gcs_host}:{gcs_port}"))
             .GetAllNodeInfo(gp.GetAllNodeInfoRequest(), timeout=10))
         rpc("gcs_wrong_token", lambda: gg.NodeInfoGcsServiceStub(grpc.insecure_channel("{gcs_host}:{gcs_port}"))
@@ -173,6 +189,10 @@ def test_an_attacker_without_credentials_is_refused_by_every_service(cluster_set
     """, timeout=240)
     print("\nattacker at", ADDRESS, json.dumps(got, indent=1))
     assert all(got["reachable"].values()), got["reachable"]  # reachable, so refusals are the services'
+    # The storage ports: open from the client host (so a daemon listens), closed to the attacker.
+    from_client = {f"{h}:{p}": _reachable(h, p) for h, p in STORAGE_PORTS}
+    assert all(from_client.values()), from_client
+    assert not any(got["storage"].values()), got["storage"]
     assert got["gcs"]["code"] == got["gcs_wrong_token"]["code"] == "UNAUTHENTICATED"
     assert got["ray_client"]["code"] == "UNAUTHENTICATED"
     assert got["jobs_list"] == got["jobs_submit"] == 401
