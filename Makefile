@@ -74,7 +74,7 @@ bench: install ## All benchmarks (each prints figures and a ratio against a base
 	$(BIN)/python tests/benchmarks/bench_ctr_search.py
 	$(BIN)/python tests/benchmarks/bench_bandits.py
 
-bench-serving: install ## GetProfile and ScoreBatch: Serve (proxy, direct ingress) vs plain grpcio, p50/p99, req/s, autoscaling.
+bench-serving: install ## GetProfile, ScoreBatch over gRPC (ghz) and HTTP (vegeta): Serve (proxy, direct) vs plain grpcio / FastAPI floors, closed and open loop, autoscaling.
 	$(BIN)/python tests/benchmarks/bench_serving.py
 
 bench-recs: install ## Recommenders on MovieLens-100k (75/25 per-user split): P@10, NDCG@10, MAP vs the reference table.

@@ -1,19 +1,23 @@
-"""Serving speed: GetProfile and ScoreBatch through Ray Serve against plain grpcio, one run.
+"""Serving speed: GetProfile and ScoreBatch through Ray Serve against plain servers, one run.
 
 Every server answers with the same ProfileLookup and CtrScorer over the same SQLite profile
 store (20,000 profiles) and the same registered models; only the serving layer differs:
 
-* ``plain grpcio``   a grpcio server (8 threads) in its own process: the baseline;
-* ``Serve proxy``    Ray Serve as the platform runs it: client -> Serve's gRPC proxy -> replica;
-* ``Serve proxy+TLS`` the same through the platform's gRPC TLS front (GetProfile only);
+* ``plain grpcio``   a grpcio server (8 threads) in its own process: the gRPC floor;
+* ``plain FastAPI``  the platform's own FastAPI app (routes, guard, handlers) over one replica
+                     object under plain uvicorn in its own process: the HTTP floor;
+* ``Serve proxy*``   Ray Serve as the platform ships it (``*``: the default): client -> Serve's
+                     proxy -> replica, on gRPC and HTTP;
+* ``Serve proxy+TLS`` the same through the platform's gRPC TLS front (GetProfile only, Python client);
 * ``Serve direct``   Serve's direct ingress (``serve.ingress: direct``): each replica runs its
-                     own gRPC server, the client balances over the replicas round-robin.
+                     own gRPC server on a port of its own.
 
-Each server gets, for each method, a closed loop (``--concurrency`` client threads calling back
-to back for ``--seconds``: throughput and latency) and an open loop (``--rate`` requests per
-second on a fixed schedule for ``--seconds``, latency counted from the scheduled send time so
-a stalled server cannot hide its queue: p50/p99 at a given load). ScoreBatch scores
-``--candidates`` ads for one user per call.
+The load comes from Go tools built from the Go module proxy (tests/benchmarks/loadgen.py:
+ghz for gRPC, vegeta for HTTP), so the client is not the bottleneck; ``--load python`` uses the
+Python client instead. Each server gets, for each method, a closed loop (``--concurrency``
+calls in flight, back to back: throughput and latency) and open loops (``--rate`` requests per
+second, 200 and 500 by default: p50/p99 at a given load), each ``--seconds`` long. ScoreBatch
+scores ``--candidates`` ads for one user per call. The ratios against the floors close the table.
 
 Then autoscaling: through the proxy, ``--burst-concurrency`` threads for ``--burst-seconds``
 and idle afterwards, with the replica count sampled every 0.5 s (scale-down waits for
@@ -186,6 +190,23 @@ def _plain_server(home: str, port: int, ready) -> None:
     server.wait_for_termination()
 
 
+def _plain_http_server(home: str, port: int, ready) -> None:
+    """The floor for HTTP: the platform's own FastAPI app (same routes, guard and handlers) over
+    an ApiReplica, under plain uvicorn in one process, without Serve."""
+    import uvicorn
+
+    from cluster.core.settings import load_settings
+    from ray_apps.serve.api import ApiReplica
+    from ray_apps.serve.auth import ApiKeys
+    from ray_apps.serve.http_app import build_http_app
+
+    settings = load_settings(env={**os.environ, "PMKT_HOME": home})
+    replica = ApiReplica(settings)
+    app = build_http_app(replica, ApiKeys({}), max_body_bytes=settings.serve.max_body_bytes, gate=replica._gate)
+    ready.send(f"http://127.0.0.1:{port}")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def _serve_server(home: str, env: dict[str, str], conn) -> None:
     """Start Serve with ``env`` (set before Ray starts, so every Ray process sees it), send the
     gRPC target, then sample the replica count until told to stop and send the samples."""
@@ -199,7 +220,8 @@ def _serve_server(home: str, env: dict[str, str], conn) -> None:
     settings = load_settings(env={**os.environ, "PMKT_HOME": home})
     try:
         start_serving(settings)
-        conn.send(grpc_target(settings))
+        sv = settings.serve
+        conn.send((grpc_target(settings), f"http://{sv.http_client_host}:{sv.http_port}"))
         samples: list[tuple[float, int]] = []
         while True:
             if conn.poll(0.5):
@@ -338,15 +360,50 @@ def open_loop(target: str, name: str, requests: list, rate: float, seconds: floa
     return _summary(lat, wall, errors[0])
 
 
-def _measure(label: str, target: str, reqs: dict, args, results: dict, ca: bytes | None = None) -> None:
-    for name, requests in reqs.items():
-        closed = closed_loop(target, name, requests, args.concurrency, args.seconds, ca)
-        opened = open_loop(target, name, requests, args.rate, args.seconds, ca)
-        results[(label, name)] = {"closed": closed, "open": opened}
-        print(f"  {label:<17}{name:<11} closed x{args.concurrency}: {closed['req_s']:>6.0f} req/s  "
-              f"p50 {closed['p50']:.2f} p99 {closed['p99']:.2f} ms | open {args.rate:.0f}/s: "
-              f"p50 {opened['p50']:.2f} p99 {opened['p99']:.2f} ms  errors {closed['errors'] + opened['errors']}",
-              flush=True)
+#: The gRPC method of each measured call (ghz's --call).
+METHODS = {"GetProfile": "marketing.v1.ProfileService/GetProfile", "ScoreBatch": "marketing.v1.CtrService/ScoreBatch"}
+
+
+def _measure(label: str, target: str | None, reqs: dict, args, results: dict, ca: bytes | None = None,
+             http: str | None = None, tools=None) -> None:
+    """Closed loop at ``args.concurrency`` and open loop at each ``args.rate`` for each method
+    (ghz when ``tools``, else the Python client), then HTTP GetProfile with vegeta when ``http``."""
+    for name, requests in reqs.items() if target else ():
+        if tools is not None and ca is None:
+            closed = tools.grpc_closed(target, METHODS[name], requests, args.concurrency, args.seconds)
+            opened = {r: tools.grpc_open(target, METHODS[name], requests, r, args.seconds) for r in args.rate}
+        else:
+            closed = closed_loop(target, name, requests, args.concurrency, args.seconds, ca)
+            opened = {r: open_loop(target, name, requests, r, args.seconds, ca) for r in args.rate}
+        _record(label, name, closed, opened, args, results)
+    if http is not None and tools is not None:
+        urls = [f"{http}/v1/users/{r.user_id}/profile" for r in reqs["GetProfile"]]
+        closed = tools.http_closed(urls, args.concurrency, args.seconds)
+        opened = {r: tools.http_open(urls, r, args.seconds) for r in args.rate}
+        _record(label, "HTTP GetProfile", closed, opened, args, results)
+
+
+def _record(label: str, name: str, closed: dict, opened: dict, args, results: dict) -> None:
+    results[(label, name)] = {"closed": closed, "open": opened}
+    errors = closed["errors"] + sum(o["errors"] for o in opened.values())
+    loops = "  ".join(f"open {r:.0f}/s: {o['req_s']:.0f} req/s p50 {o['p50']:.2f} p99 {o['p99']:.2f} ms"
+                      for r, o in opened.items())
+    print(f"  {label:<17}{name:<16} closed x{args.concurrency}: {closed['req_s']:>6.0f} req/s  "
+          f"p50 {closed['p50']:.2f} p99 {closed['p99']:.2f} ms | {loops} | errors {errors}", flush=True)
+
+
+def _wait_http(base: str, timeout_s: float = 60) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/openapi.json", timeout=5).close()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise RuntimeError(f"{base} did not answer")
 
 
 def _measure_tls(ctx, home: Path, upstream: str, reqs: dict, args, results: dict) -> None:
@@ -371,8 +428,12 @@ def _measure_tls(ctx, home: Path, upstream: str, reqs: dict, args, results: dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of each closed and open loop (10)")
-    parser.add_argument("--concurrency", type=int, default=8, help="client threads of the closed loop (8)")
-    parser.add_argument("--rate", type=float, default=200, help="requests per second of the open loop (200)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent calls of the closed loop (16)")
+    parser.add_argument("--rate", type=float, action="append", metavar="REQ_S",
+                        help="requests per second of an open loop; repeatable (default 200 and 500)")
+    parser.add_argument("--load", choices=["ghz", "python"], default="ghz",
+                        help="load generator: ghz for gRPC and vegeta for HTTP, built from the Go module proxy "
+                             "(default), or the Python grpc client (gRPC only)")
     parser.add_argument("--candidates", type=int, default=20, help="ads per ScoreBatch call (20)")
     parser.add_argument("--users", type=int, default=20_000, help="profiles in the store (20000)")
     parser.add_argument("--burst-concurrency", type=int, default=32, help="client threads of the autoscaling burst")
@@ -386,12 +447,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra environment for the Serve runs (e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0; "
                              "PMKT_SERVE__AUTOSCALING__MAX_REPLICAS=3); repeatable")
     args = parser.parse_args(argv)
+    args.rate = args.rate or [200.0, 500.0]
     servers = args.only or ["plain", "proxy", "direct"]
 
     ctx = mp.get_context("spawn")
     results: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory(prefix="pmkt-bench-") as tmp:
         home = Path(tmp)
+        tools = None
+        if args.load == "ghz":
+            from tests.benchmarks.loadgen import load_tools
+
+            (home / "loadgen").mkdir()
+            tools = load_tools(home / "loadgen")
         t0 = time.perf_counter()
         ids = _prepare(home, args.users)
         reqs = _requests(ids, args.candidates, 5000, seed=1)
@@ -408,19 +476,35 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if not parent.poll(60):
                     raise RuntimeError("the plain grpcio server did not start")
-                _measure("plain grpcio", parent.recv(), reqs, args, results)
+                _measure("plain grpcio", parent.recv(), reqs, args, results, tools=tools)
             finally:
                 proc.terminate()
                 proc.join(10)
+            if tools is not None:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_plain_http_server, args=(str(home), free_port(), child), daemon=True)
+                proc.start()
+                try:
+                    if not parent.poll(60):
+                        raise RuntimeError("the plain FastAPI server did not start")
+                    base = parent.recv()
+                    _wait_http(base)
+                    _measure("plain FastAPI", None, reqs, args, results, http=base, tools=tools)
+                finally:
+                    proc.terminate()
+                    proc.join(10)
 
         base_env = {"PMKT_SERVE__GRPC_PORT": str(free_port()), "PMKT_SERVE__HTTP_PORT": str(free_port()),
                     "PMKT_SERVE__AUTOSCALING__DOWNSCALE_DELAY_S": "10",
                     "PMKT_SERVE__AUTOSCALING__UPSCALE_DELAY_S": "3",
                     **dict(kv.split("=", 1) for kv in args.env)}
-        variants = {"proxy": ("Serve proxy", {**base_env, "PMKT_SERVE__INGRESS": "proxy",
+        variants = {"proxy": (PROXY, {**base_env, "PMKT_SERVE__INGRESS": "proxy",
                                               "PMKT_SERVE__AUTOSCALING__MAX_REPLICAS": "3"}),
+                    # ghz dials one address: one replica (a grpcio client balances over several)
                     "direct": ("Serve direct", {**base_env, "PMKT_SERVE__INGRESS": "direct",
-                                                "PMKT_SERVE__AUTOSCALING__MIN_REPLICAS": "2"})}
+                                                **({"PMKT_SERVE__AUTOSCALING__MIN_REPLICAS": "1",
+                                                    "PMKT_SERVE__AUTOSCALING__MAX_REPLICAS": "1"} if tools else
+                                                   {"PMKT_SERVE__AUTOSCALING__MIN_REPLICAS": "2"})})}
         scaling: list[tuple[float, int]] = []
         marks: dict[str, float] = {}
         for key in ("proxy", "direct"):
@@ -433,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if not parent.poll(240):
                     raise RuntimeError(f"{label} did not start")
-                target = parent.recv()
-                _measure(label, target, reqs, args, results)
+                target, http = parent.recv()
+                _measure(label, target, reqs, args, results, http=http, tools=tools)
                 if key == "proxy":
                     _measure_tls(ctx, home, target, {"GetProfile": reqs["GetProfile"]}, args, results)
                     # Start the burst from the minimum: wait for the scale-down after the loops above.
@@ -450,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                     marks["burst"] = time.time()
                     burst = closed_loop(target, "ScoreBatch", heavy, args.burst_concurrency, args.burst_seconds)
                     marks["idle"] = time.time()
-                    results[("Serve proxy", "burst")] = {"closed": burst}
+                    results[(PROXY, "burst")] = {"closed": burst}
                     time.sleep(45)
                 parent.send("stop")
                 if parent.poll(30):
@@ -466,26 +550,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: The Serve variant the platform ships (serve.ingress default), named as such in the table.
+PROXY = "Serve proxy*"
+
+
 def _report(results: dict, scaling: list[tuple[float, int]], marks: dict[str, float], args) -> None:
+    rates = args.rate
     print(f"\nGetProfile (full profile) and ScoreBatch ({args.candidates} ads), {args.users:,} profiles in SQLite, "
-          f"2 cores shared by client and server")
-    print(f"{'server':<17}{'method':<12}{f'req/s x{args.concurrency}':>12}{'p50 ms':>8}{'p99 ms':>8}"
-          f"{f'p50@{args.rate:.0f}/s':>12}{f'p99@{args.rate:.0f}/s':>12}{'errors':>8}")
+          f"2 cores shared by client and server; load: {'ghz / vegeta' if args.load == 'ghz' else 'Python client'}; "
+          f"* = the default as shipped")
+    head = "".join(f"{f'@{r:.0f}/s':>9}{'p50':>10}{'p99':>10}" for r in rates)
+    print(f"{'server':<17}{'method':<16}{f'x{args.concurrency} req/s':>12}{'p50':>10}{'p99':>10}{head}{'errors':>8}")
     for (label, name), r in results.items():
         if name == "burst":
             continue
         c, o = r["closed"], r["open"]
-        print(f"{label:<17}{name:<12}{c['req_s']:>12.0f}{c['p50']:>8.2f}{c['p99']:>8.2f}"
-              f"{o['p50']:>12.2f}{o['p99']:>12.2f}{c['errors'] + o['errors']:>8}")
-    for name in ("GetProfile", "ScoreBatch"):
-        plain = results.get(("plain grpcio", name))
-        for label in ("Serve proxy", "Serve proxy+TLS", "Serve direct"):
+        cols = "".join(f"{o[x]['req_s']:>9.0f}{o[x]['p50']:>10.2f}{o[x]['p99']:>10.2f}" for x in rates)
+        errors = c["errors"] + sum(v["errors"] for v in o.values())
+        print(f"{label:<17}{name:<16}{c['req_s']:>12.0f}{c['p50']:>10.2f}{c['p99']:>10.2f}{cols}{errors:>8}")
+    floors = {"GetProfile": "plain grpcio", "ScoreBatch": "plain grpcio", "HTTP GetProfile": "plain FastAPI"}
+    for name, floor_label in floors.items():
+        floor = results.get((floor_label, name))
+        for label in (PROXY, "Serve proxy+TLS", "Serve direct"):
             other = results.get((label, name))
-            if plain and other:
-                print(f"ratio {label} / plain, {name}: throughput x{other['closed']['req_s'] / plain['closed']['req_s']:.2f}, "
-                      f"p99@{args.rate:.0f}/s x{other['open']['p99'] / plain['open']['p99']:.1f}")
+            if floor and other:
+                p99 = ", ".join(f"p99@{x:.0f}/s x{other['open'][x]['p99'] / floor['open'][x]['p99']:.1f}"
+                                for x in rates if x in other["open"])
+                print(f"ratio {label} / {floor_label}, {name}: throughput "
+                      f"x{other['closed']['req_s'] / floor['closed']['req_s']:.2f}, {p99}")
     if scaling and marks:
-        burst = results[("Serve proxy", "burst")]["closed"]
+        burst = results[(PROXY, "burst")]["closed"]
         print(f"\nautoscaling (Serve proxy, 1..3 replicas, ScoreBatch of {args.burst_candidates} ads, "
               f"{args.burst_concurrency} threads for {args.burst_seconds:.0f} s: "
               f"{burst['req_s']:.0f} req/s, p99 {burst['p99']:.1f} ms, errors {burst['errors']})")
