@@ -29,10 +29,22 @@ from pathlib import Path
 import pytest
 
 
-def _ray_processes(session_marker: str) -> list[str]:
-    """Command lines of processes that belong to the Ray whose temp folder holds ``session_marker``."""
-    out = subprocess.run(["pgrep", "-af", session_marker], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+def _ray_processes(ray_tmp: str) -> list[str]:
+    """Processes of the Ray started with ``RAY_TMPDIR=ray_tmp``: every one of them inherits the
+    variable, also the workers that rename themselves ``ray::...`` (so their command line no
+    longer names the folder)."""
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{proc.name} {command}")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _events_in_lake(settings) -> set[str]:
@@ -180,8 +192,10 @@ def test_sigterm_under_load_drains_flushes_and_leaves_no_process(varied_chain, t
     # Every acknowledged event reached the lake.
     missing = set(acknowledged) - _events_in_lake(settings)
     assert acknowledged and not missing, f"{len(missing)} of {len(acknowledged)} acknowledged events not in the lake"
-    # Nothing of the server's Ray is left.
-    time.sleep(2)
-    left = _ray_processes(str(ray_tmp))
+    # Nothing of the server's Ray is left (workers included), within a few seconds.
+    deadline, left = time.monotonic() + 10, ["?"]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _ray_processes(str(ray_tmp))
     assert left == [], left
     shutil.rmtree(ray_tmp, ignore_errors=True)
