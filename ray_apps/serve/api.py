@@ -402,9 +402,12 @@ class MarketingApi(ApiReplica):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        replica = serve.get_replica_context().replica_id.unique_id
-        threading.Thread(target=watch_drain, args=(self._gate, self.close, replica, settings.serve.drain_s, self._stop),
-                         name="pmkt-drain-watch", daemon=True).start()
+        # Only `pmkt serve` with a private Ray drains (a cluster's application outlives its
+        # command): only there does a replica poll for the drain key.
+        if settings.ray.address == "local":
+            replica = serve.get_replica_context().replica_id.unique_id
+            threading.Thread(target=watch_drain, args=(self._gate, self.close, replica, settings.serve.drain_s,
+                                                       self._stop), name="pmkt-drain-watch", daemon=True).start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self, self._auth, max_body_bytes=self._max_body_bytes, gate=self._gate)

@@ -262,8 +262,8 @@ def drain_serving(settings: Settings) -> DrainReport:
     ``serve.drain_s``) and appends its buffered events to the lake (ray_apps.serve.drain).
 
     Returns:
-        What the replicas reported; ``complete`` is False if a call was cut at the deadline or
-        a replica did not report (it then flushes when Serve stops it).
+        What the replicas reported: a replica that did not report in time flushes when Serve
+        stops it; ``calls_cut`` counts the calls still running at ``serve.drain_s``.
     """
     from ray import serve
 

@@ -31,6 +31,7 @@ and idle afterwards, with the replica count sampled every 0.5 s (scale-down wait
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import multiprocessing as mp
 import os
@@ -418,6 +419,21 @@ exec {get_haproxy_binary()} "$@"
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
 
 
+@contextlib.contextmanager
+def _floor(ctx, server, home: Path, what: str):
+    """Run a floor ``server(home, port, conn)`` in its own process; yield the address it sends."""
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=server, args=(str(home), free_port(), child), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError(f"{what} did not start")
+        yield parent.recv()
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
 def _wait_http(base: str, timeout_s: float = 60) -> None:
     import urllib.error
     import urllib.request
@@ -496,29 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepared {args.users:,} profiles and the models in {time.perf_counter() - t0:.0f} s", flush=True)
 
         if "plain" in servers:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_plain_server, args=(str(home), free_port(), child), daemon=True)
-            proc.start()
-            try:
-                if not parent.poll(60):
-                    raise RuntimeError("the plain grpcio server did not start")
-                _measure("plain grpcio", parent.recv(), reqs, args, results, tools=tools)
-            finally:
-                proc.terminate()
-                proc.join(10)
+            with _floor(ctx, _plain_server, home, "the plain grpcio server") as target:
+                _measure("plain grpcio", target, reqs, args, results, tools=tools)
             if tools is not None:
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_plain_http_server, args=(str(home), free_port(), child), daemon=True)
-                proc.start()
-                try:
-                    if not parent.poll(60):
-                        raise RuntimeError("the plain FastAPI server did not start")
-                    base = parent.recv()
+                with _floor(ctx, _plain_http_server, home, "the plain FastAPI server") as base:
                     _wait_http(base)
                     _measure("plain FastAPI", None, reqs, args, results, http=base, tools=tools)
-                finally:
-                    proc.terminate()
-                    proc.join(10)
 
         base_env = {"PMKT_SERVE__GRPC_PORT": str(free_port()), "PMKT_SERVE__HTTP_PORT": str(free_port()),
                     "PMKT_SERVE__AUTOSCALING__DOWNSCALE_DELAY_S": "10",
